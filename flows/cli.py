@@ -1,0 +1,106 @@
+"""The `unast` command. `unast run` drives the Prefect flow on the local ephemeral server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+for _key, _value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+                     "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false",
+                     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}.items():
+    os.environ.setdefault(_key, _value)
+
+import yaml  # noqa: E402
+
+from unast_core.config import build_config, parse_budget  # noqa: E402
+from unast_core.errors import UnastError  # noqa: E402
+
+
+class _QuietUserErrors(logging.Filter):
+    """Prefect logs a task's exception with its traceback; for user errors one line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, UnastError) or "UnastError" in record.getMessage() or "InfeasibleBudget" in record.getMessage():
+            return False
+        return True
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="unast", description="Compress a causal LM by per-layer architecture search.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the whole pipeline and export the student")
+    run.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
+    run.add_argument("--model", help="teacher: alias (smollm2-135m), HF directory, .gguf file or hub id")
+    run.add_argument("--budget", action="append", default=[], help="e.g. latency=0.75 (repeat for several constraints)")
+    run.add_argument("--output", help="directory for the exported checkpoint and results.json")
+    run.add_argument("--config", type=Path, help="YAML file of settings")
+    run.add_argument("--home", help="run store and MLflow database (default .unast)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. finetune.steps=10")
+    report = sub.add_parser("report", help="print the results of an exported run")
+    report.add_argument("dir", type=Path)
+    return parser.parse_args(argv)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UnastError(f"--set {item}: expected KEY=VALUE, e.g. finetune.steps=10")
+        overrides[key] = yaml.safe_load(value)
+    if args.model:
+        overrides["teacher.model"] = args.model
+    if args.budget:
+        overrides["budget"] = parse_budget(args.budget)
+    if args.output:
+        overrides["output"] = args.output
+    if args.home:
+        overrides["home"] = args.home
+    return overrides
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = build_config(args.preset, args.config, _overrides(args))
+    from unast_core.teacher import check_teacher_spec
+
+    check_teacher_spec(config.teacher.model, config.teacher.trust_remote_code)
+    logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)  # noisy on ephemeral-server shutdown
+    from flows.compress import compress
+    from unast_core.report import console_summary
+
+    for name in ("prefect", "prefect.task_runs", "prefect.flow_runs"):
+        logging.getLogger(name).addFilter(_QuietUserErrors())
+    results = compress(config)
+    print("\n" + console_summary(results))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    path = args.dir / "results.json"
+    if not path.exists():
+        raise UnastError(f"{args.dir} has no results.json; point at the --output directory of a finished run")
+    from unast_core.report import console_summary
+
+    print(console_summary(json.loads(path.read_text())))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parse_args(argv)
+        return _run(args) if args.command == "run" else _report(args)
+    except UnastError as exc:
+        print(f"unast: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("unast: interrupted; finished stages are kept and a rerun resumes from them", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import torch
+from prefect import task
+
+from tasks.common import TEACHER_LOCK, store_for, teacher_for
+from unast_core.config import CostConfig, TeacherConfig
+from unast_core.cost import build_lut
+from unast_core.store import content_key, read_json, write_json
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+@task(name="cost")
+def cost_table(prep: dict, teacher_cfg: TeacherConfig, pool: list[str], cfg: CostConfig) -> dict:
+    """Stage 4: the lookup table for one device and regime, reused across runs and budgets."""
+    device = resolve_device(cfg.device)
+    path = store_for(prep).lut(device, content_key(pool, cfg.model_dump(), torch.get_num_threads()))
+    if path.exists():
+        return {"path": str(path), "reused": True}
+    model = teacher_for(teacher_cfg).model
+    with TEACHER_LOCK:
+        model.to(device)
+        try:
+            lut = build_lut(model, pool, cfg.regime, cfg.warmup, cfg.repeats)
+        finally:
+            model.to("cpu")
+    write_json(path, lut)
+    return {"path": str(path), "reused": False}

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from safetensors.torch import load_model
+
+from tasks.common import TEACHER_LOCK, splits, teacher_for
+from tasks.cost import resolve_device
+from unast_core.assemble import build_student
+from unast_core.config import CostConfig, EvalConfig, TeacherConfig
+from unast_core.evaluate import kl_to_teacher, latency_vs_teacher, perplexity
+from unast_core.export import export_checkpoint
+from unast_core.report import model_card
+
+
+@task(name="evaluate")
+def evaluate(prep: dict, teacher_cfg: TeacherConfig, trained: dict, cfg: EvalConfig, cost_cfg: CostConfig) -> dict:
+    """Stage 8a: test perplexity of teacher and student, KL to the teacher, measured latency ratio."""
+    teacher = teacher_for(teacher_cfg)
+    student = build_student(teacher.model, trained["layers"])
+    load_model(student, trained["weights"])
+    test = splits(prep)["test"]
+    device = resolve_device(cost_cfg.device)
+    with TEACHER_LOCK:
+        teacher.model.to(device), student.to(device)
+        try:
+            latency = latency_vs_teacher(student, teacher.model, cost_cfg.regime, cfg.latency_warmup, cfg.latency_repeats)
+            teacher.model.to("cpu"), student.to("cpu")
+            teacher_ppl = perplexity(teacher.model, test, cfg.batch_size)
+            student_ppl = perplexity(student, test, cfg.batch_size)
+            kl = kl_to_teacher(student, teacher.model, test, cfg.batch_size)
+        finally:
+            teacher.model.to("cpu")
+    n_student = sum(p.numel() for p in student.parameters())
+    return {
+        "teacher": {"test_ppl": teacher_ppl, "params": prep["teacher_params"], "latency_s": latency["teacher_s"]},
+        "student": {"test_ppl": student_ppl, "params": n_student, "latency_ratio": latency["latency_ratio"],
+                    "param_ratio": n_student / prep["teacher_params"], "kl_to_teacher": kl,
+                    "latency_s": latency["student_s"]},
+        "regime": {"device": device, **cost_cfg.regime.model_dump()},
+        "test_tokens": test.numel(),
+    }
+
+
+@task(name="export")
+def export(prep: dict, teacher_cfg: TeacherConfig, trained: dict, results: dict, out_dir: str, generate_tokens: int) -> dict:
+    """Stage 8b: HF checkpoint (auto_map + modeling code), tokenizer, model card, results.json."""
+    teacher = teacher_for(teacher_cfg)
+    student = build_student(teacher.model, trained["layers"])
+    load_model(student, trained["weights"])
+    sample = ""
+    if generate_tokens:
+        prompt = teacher.tokenizer("The Python language", return_tensors="pt").input_ids
+        ids = student.generate(prompt, max_new_tokens=generate_tokens, do_sample=False)
+        sample = teacher.tokenizer.decode(ids[0], skip_special_tokens=True)
+    results = {**results, "sample": sample}
+    export_checkpoint(student, teacher.tokenizer, Path(out_dir), model_card(results), results)
+    return {"dir": out_dir, "sample": sample}

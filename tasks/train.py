@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from safetensors.torch import load_model, save_model
+
+from tasks.common import TEACHER_LOCK, progress, splits, store_for, teacher_for
+from unast_core.assemble import build_student
+from unast_core.config import TeacherConfig, TrainConfig
+from unast_core.finetune import Diverged, finetune
+from unast_core.store import atomic_path, content_key, read_json, write_json
+
+
+@task(name="train")
+def train(prep: dict, teacher_cfg: TeacherConfig, layers: list[dict], init: str | None, cfg: TrainConfig,
+          seed: int, eval_batch_size: int, label: str) -> dict:
+    """Stages 6-7: finetune one architecture (from the teacher's weights or `init`); a diverged run is
+    reported as failed, so the other architectures' work stands."""
+    out = store_for(prep).path("train", content_key(prep["data_key"], layers, init, cfg.model_dump(), seed))
+    if (out / "metrics.json").exists():
+        return {**read_json(out / "metrics.json"), "reused": True}
+    teacher = teacher_for(teacher_cfg)
+    student = build_student(teacher.model, layers)
+    if init:
+        load_model(student, init)
+    bar = progress(cfg.steps, label)
+    data = splits(prep)
+    try:
+        with TEACHER_LOCK:
+            metrics = finetune(student, teacher.model, data["calibration"], data["validation"], cfg, seed,
+                               eval_batch_size, on_step=lambda step, m: (bar.update(1), bar.set_postfix(loss=f"{m['loss']:.3f}")))
+    except Diverged as exc:
+        return {"status": "failed", "error": str(exc), "label": label, "layers": layers}
+    finally:
+        bar.close()
+    weights = out / "student.safetensors"
+    with atomic_path(weights) as tmp:
+        save_model(student, str(tmp))
+    result = {"status": "ok", "label": label, "layers": layers, "weights": str(weights), **metrics}
+    write_json(out / "metrics.json", result)
+    return {**result, "reused": False}

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny random models of every supported family, built in the test (no downloads)."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+
+_COMMON = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+               num_key_value_heads=2, head_dim=8, max_position_embeddings=128)
+TINY_CONFIGS = {
+    "llama": dict(_COMMON),
+    "mistral": dict(_COMMON, sliding_window=None),
+    "qwen2": dict(_COMMON),
+    "qwen3": dict(_COMMON),
+    "gemma": dict(_COMMON),
+    "gemma2": dict(_COMMON, sliding_window=16),
+    "gemma3_text": dict(_COMMON, sliding_window=16, layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+    "gpt2": dict(vocab_size=97, n_embd=32, n_layer=3, n_head=4, n_positions=128),
+}
+
+
+def tiny_model(model_type: str, seed: int = 0):
+    config = AutoConfig.for_model(model_type, **TINY_CONFIGS[model_type])
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.fixture(params=sorted(TINY_CONFIGS))
+def family_model(request):
+    return tiny_model(request.param)

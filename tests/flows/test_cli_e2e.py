@@ -1,0 +1,78 @@
+"""End-to-end: the `unast` command on the smoke preset, in subprocesses with their own homes."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _env(tmp_path):
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true")
+    return env
+
+
+def _unast(tmp_path, *args, timeout=300):
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--home", str(tmp_path / "home"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=timeout,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+
+
+def test_smoke_run_exports_a_reloadable_faster_model_and_resumes(tmp_path):
+    out = tmp_path / "out"
+    proc = _unast(tmp_path, "--preset", "smoke", "--budget", "latency=0.75", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["teacher"]) >= {"test_ppl", "params"}
+    assert set(results["student"]) >= {"test_ppl", "params", "latency_ratio", "param_ratio"}
+    assert set(results["wall_s"]) >= {"prepare", "capture", "score", "cost", "search", "select", "finetune", "evaluate"}
+    assert results["student"]["params"] < results["teacher"]["params"]
+    assert results["predicted_ratio"]["latency"] <= 0.75 + 1e-9
+    assert "latency ratio" in proc.stdout and "mlflow" in proc.stdout
+    assert (out / "modeling_unast.py").exists() and (out / "README.md").exists()
+
+    # The export loads in a fresh interpreter that cannot import unast, and generates with the KV cache.
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules['unast_core'] = None
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        m = AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)
+        t = AutoTokenizer.from_pretrained({str(out)!r})
+        ids = t("The Python", return_tensors="pt").input_ids
+        print(m.generate(ids, max_new_tokens=5, do_sample=False).shape[1] - ids.shape[1])
+    """)
+    reload = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert reload.returncode == 0, reload.stderr[-2000:]
+    assert reload.stdout.strip().splitlines()[-1] == "5"
+
+    # A second budget reuses capture, scores and the cost table.
+    again = _unast(tmp_path, "--preset", "smoke", "--budget", "latency=0.6", "--output", str(tmp_path / "out2"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert "(8 reused)" in log
+    second = json.loads((tmp_path / "out2" / "results.json").read_text())
+    assert second["predicted_ratio"]["latency"] <= 0.6 + 1e-9
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "no-such-org/no-such-model"], "unknown model"),
+    (["--budget", "latency=0"], "invalid config field 'budget'"),
+    (["--budget", "latency=1.5"], "invalid config field 'budget'"),
+    (["--preset", "smoke", "--budget", "latency=0.01"], "smallest reachable is latency="),
+    (["--preset", "smoke", "--set", "data.source=EMPTY"], "is empty"),
+    (["--preset", "smoke", "--set", "data.seq_len=4096"], "longer than the model supports"),
+])
+def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    args = [a.replace("EMPTY", str(empty)) for a in args]
+    proc = _unast(tmp_path, *args, "--output", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("unast: error: ")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]

@@ -1,0 +1,50 @@
+import pytest
+
+from unast_core.config import PRESETS, build_config, parse_budget
+from unast_core.errors import UnastError
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_validate(preset):
+    assert build_config(preset).preset == preset
+
+
+def test_overrides_and_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("finetune:\n  steps: 7\nsearch:\n  k: 5\n")
+    cfg = build_config("smoke", path, {"finetune.lr_max": 1e-3, "budget": {"params": 0.5}})
+    assert (cfg.finetune.steps, cfg.search.k, cfg.finetune.lr_max, cfg.budget) == (7, 5, 1e-3, {"params": 0.5})
+    assert cfg.teacher.model == "tiny-random-llama"  # the preset survives the file
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"budget": {"latency": 0.0}}, "budget"),
+    ({"budget": {"latency": 1.5}}, "budget"),
+    ({"budget": {"speed": 0.5}}, "budget"),
+    ({"finetune.steps": "many"}, "finetune.steps"),
+    ({"data.seq_len": 1}, "data.seq_len"),
+    ({"search.max_overlap": 0}, "search.max_overlap"),
+    ({"pool.ops": ["identity"]}, "pool.ops"),
+    ({"finetune.lr_min": 1.0}, "finetune"),
+    ({"nonsense": 1}, "nonsense"),
+])
+def test_invalid_values_name_the_field(overrides, field):
+    with pytest.raises(UnastError, match=f"invalid config field '{field}"):
+        build_config("cpu", overrides=overrides)
+
+
+def test_parse_budget():
+    assert parse_budget(["latency=0.75", "params=0.5"]) == {"latency": 0.75, "params": 0.5}
+    with pytest.raises(UnastError, match="latency=0.75"):
+        parse_budget(["latency"])
+    with pytest.raises(UnastError, match="not a number"):
+        parse_budget(["latency=fast"])
+
+
+def test_unknown_preset_and_bad_file(tmp_path):
+    with pytest.raises(UnastError, match="unknown preset"):
+        build_config("huge")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(UnastError, match="mapping"):
+        build_config("cpu", bad)

@@ -1,0 +1,108 @@
+"""Stages 1-4 and 6 of the core on tiny random models: capture, scoring, cost table, finetune."""
+
+import math
+
+import pytest
+import torch
+
+from tests.conftest import tiny_model
+from unast_core.activations import capture, is_captured, load_boundary
+from unast_core.adapters import Adapter
+from unast_core.assemble import build_student, layers_from_choice
+from unast_core.config import RegimeConfig, TrainConfig
+from unast_core.cost import build_lut, predict
+from unast_core.evaluate import interleaved_latency, kl_to_teacher, lm_loss
+from unast_core.finetune import Diverged, cosine_lr, finetune
+from unast_core.scoring import score_sublayer
+
+POOL = ["teacher", "identity"]
+
+
+def _tokens(n=4, seq=16, vocab=97, seed=0):
+    return torch.randint(0, vocab, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def test_capture_writes_every_boundary(tmp_path):
+    model = tiny_model("llama")
+    tokens = _tokens()
+    meta = capture(model, tokens, tmp_path / "v", batch_size=3)
+    assert is_captured(tmp_path / "v") and meta["boundaries"] == 7 and meta["rows"] == 4
+    assert load_boundary(tmp_path / "v", 6).shape == (4, 16, 32)
+    assert meta["loss"] == pytest.approx(lm_loss(model, tokens, 4), rel=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma2", "gpt2"])
+def test_scores_from_cached_state_equal_naive_swap(tmp_path, model_type):
+    """Eq. 2 computed from the cached residual state equals a full forward of the swapped model."""
+    model = tiny_model(model_type)
+    tokens = _tokens()
+    meta = capture(model, tokens, tmp_path / "v", batch_size=2)
+    adapter = Adapter(model)
+    for index in (0, 3, 5):
+        result = score_sublayer(model, tokens, tmp_path / "v", index, [{"op": "teacher"}, {"op": "identity"}],
+                                meta["loss"], batch_size=2)
+        with adapter.swapped({index: {"op": "identity"}}):
+            naive = lm_loss(model, tokens, 4) - meta["loss"]
+        assert result["scores"][0] == 0.0
+        assert result["scores"][1] == pytest.approx(naive, abs=1e-5)
+        assert result["errors"] == [None, None]
+
+
+def test_a_failing_candidate_scores_nan_and_others_survive(tmp_path):
+    model = tiny_model("llama")
+    tokens = _tokens()
+    meta = capture(model, tokens, tmp_path / "v", batch_size=2)
+    result = score_sublayer(model, tokens, tmp_path / "v", 2, [{"op": "teacher"}, {"op": "bogus"}, {"op": "identity"}],
+                            meta["loss"], batch_size=2)
+    assert result["scores"][0] == 0.0 and math.isnan(result["scores"][1]) and math.isfinite(result["scores"][2])
+    assert "unknown operator" in result["errors"][1]
+
+
+def test_lut_shape_and_exact_prediction_at_the_extremes():
+    model = tiny_model("llama")
+    lut = build_lut(model, POOL, RegimeConfig(batch_size=1, seq_len=16), warmup=1, repeats=3)
+    n = len(Adapter(model).sublayers)
+    assert len(lut["costs"]["latency"]) == n and all(len(row) == 2 for row in lut["costs"]["latency"])
+    assert all(row[1] == 0 for row in lut["costs"]["params"])
+    teacher = predict(lut, [0] * n)
+    assert teacher["latency"] == pytest.approx(lut["teacher"]["latency"])
+    assert teacher["params"] == lut["teacher"]["params"]
+    # parameters are exact for any architecture
+    choice = [1, 0] * (n // 2)
+    student = build_student(model, layers_from_choice(choice, POOL))
+    assert predict(lut, choice)["params"] == sum(p.numel() for p in student.parameters())
+
+
+def test_interleaved_latency_ranks_a_slower_callable():
+    import time
+
+    medians = interleaved_latency({"fast": lambda: None, "slow": lambda: time.sleep(0.002)}, warmup=1, repeats=3)
+    assert medians["slow"] > medians["fast"]
+
+
+def test_cosine_schedule_endpoints():
+    cfg = TrainConfig(steps=10, lr_max=1e-3, lr_min=1e-4, warmup_steps=2)
+    assert cosine_lr(0, cfg) == pytest.approx(5e-4)
+    assert cosine_lr(2, cfg) == pytest.approx(1e-3)
+    assert cosine_lr(10, cfg) == pytest.approx(1e-4)
+
+
+def test_finetune_lowers_loss_and_kl():
+    teacher = tiny_model("llama").requires_grad_(False)
+    student = build_student(teacher, layers_from_choice([1, 0, 0, 1, 0, 0], POOL))
+    train, val = _tokens(8, 16, seed=1), _tokens(4, 16, seed=2)
+    kl_before = kl_to_teacher(student, teacher, val, 4)
+    result = finetune(student, teacher, train, val, TrainConfig(steps=15, batch_size=4, lr_max=3e-3, lm_weight=0.0), seed=0)
+    assert len(result["curve"]) == 15 and result["tokens"] == 15 * 4 * 16
+    assert kl_to_teacher(student, teacher, val, 4) < kl_before
+    # the teacher is untouched
+    assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_finetune_reports_divergence():
+    teacher = tiny_model("llama").requires_grad_(False)
+    student = build_student(teacher, layers_from_choice([0] * 6, POOL))
+    with torch.no_grad():
+        student.get_input_embeddings().weight.fill_(float("nan"))
+    with pytest.raises(Diverged, match="diverged"):
+        finetune(student, teacher, _tokens(), _tokens(), TrainConfig(steps=2, batch_size=2))

@@ -1,0 +1,1 @@
+"""UNAST core: plain PyTorch/transformers code. No orchestrator or tracker imports here."""

@@ -1,0 +1,231 @@
+"""Text data: load a corpus, tokenize it, pack it into fixed-length rows, and split it leak-free.
+
+Splitting is done at the document level. The documents are put in a seeded random order
+(`torch.randperm` with `cfg.seed`). Then test, validation and calibration, in that order, each take
+the next documents in that order until they have enough tokens for their rows. Each split packs only
+its own documents and keeps its first `<split>_seqs` rows. The tail of a split's last document is
+thrown away and never given to another split, so no document (and no test text) appears in two
+splits. Documents are tokenized lazily in that order, so a big corpus is only tokenized as far as the
+splits need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from unast_core.config import DataConfig
+from unast_core.errors import UnastError
+
+SPLITS = ("calibration", "validation", "test")
+CPYTHON_DOCS = "cpython-docs"
+_FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
+_TOKENIZE_BATCH = 64  # documents per tokenizer call
+_FORMAT_VERSION = 1  # bump when loading/packing/splitting changes, to invalidate cached artifacts
+_FIX = "lower data.calibration_seqs / validation_seqs / test_seqs or data.seq_len, or use a bigger data.source"
+
+
+def _cpython_docs() -> list[str]:
+    from pydoc_data.topics import topics
+
+    return [topics[key] for key in sorted(topics)]
+
+
+def _local_path(source: str) -> Path | None:
+    """The local file or folder `source` names; None for an HF dataset name. A missing file -> UnastError."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    if path.suffix.lower() in _FILE_SUFFIXES or source.startswith(("/", "./", "../", "~")):
+        raise UnastError(f"data file '{source}' does not exist; check data.source (or use '{CPYTHON_DOCS}')")
+    return None
+
+
+def _clean(values: list, field: str, source: str) -> list[str]:
+    """Keep the non-blank strings; None is skipped, any other type is an error."""
+    texts = []
+    for value in values:
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            kind = type(value).__name__
+            raise UnastError(f"field '{field}' of '{source}' holds {kind}, not text; set data.text_field")
+        if value.strip():
+            texts.append(value)
+    return texts
+
+
+def _missing_field(field: str, available: list[str], source: str) -> UnastError:
+    names = ", ".join(map(str, available)) or "none"
+    return UnastError(f"'{source}' has no field '{field}' (available: {names}); set data.text_field")
+
+
+def _read_jsonl(path: Path, field: str) -> list:
+    values = []
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UnastError(f"'{path}' line {number} is not valid JSON ({exc.msg}); fix the file") from None
+            if not isinstance(obj, dict):
+                raise UnastError(f"'{path}' line {number} is not a JSON object; each line must be {{\"{field}\": ...}}")
+            if field not in obj:
+                raise _missing_field(field, list(obj), str(path))
+            values.append(obj[field])
+    return values
+
+
+def _read_parquet(path: Path, field: str) -> list:
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    if field not in names:
+        raise _missing_field(field, names, str(path))
+    return pq.read_table(path, columns=[field]).column(field).to_pylist()
+
+
+def _read_hf(source: str, field: str, split: str) -> list:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(source, split=split)
+    except Exception as exc:  # offline, unknown name, bad split, ...: all mean "cannot use this source"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UnastError(
+            f"could not load HF dataset '{source}' (split '{split}'): {reason}; "
+            f"set data.source to a local .txt/.jsonl/.parquet file or '{CPYTHON_DOCS}'"
+        ) from None
+    if field not in dataset.column_names:
+        raise _missing_field(field, dataset.column_names, source)
+    return list(dataset[field])
+
+
+def load_texts(source: str, text_field: str = "text", hf_split: str = "train") -> list[str]:
+    """The documents of `source`, in a deterministic order; blank documents are dropped.
+
+    - 'cpython-docs': CPython's English documentation topics (`pydoc_data.topics.topics`), sorted by topic.
+    - `*.txt`: UTF-8 text; documents are separated by blank (whitespace-only) lines and stripped.
+    - `*.jsonl`: one JSON object per line, the document is `obj[text_field]`.
+    - `*.parquet`: column `text_field` (read with pyarrow).
+    - an existing folder or any other name: `datasets.load_dataset(source, split=hf_split)[text_field]`.
+    A missing file, a dataset that cannot be loaded or a missing `text_field` raise UnastError.
+    """
+    if source == CPYTHON_DOCS:
+        return _clean(_cpython_docs(), "text", source)
+    path = _local_path(source)
+    if path is None or path.is_dir():
+        return _clean(_read_hf(source, text_field, hf_split), text_field, source)
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        text = path.read_text(encoding="utf-8", errors="replace")
+        return _clean([doc.strip() for doc in re.split(r"\n\s*\n", text)], "text", source)
+    if suffix == ".jsonl":
+        return _clean(_read_jsonl(path, text_field), text_field, source)
+    if suffix == ".parquet":
+        return _clean(_read_parquet(path, text_field), text_field, source)
+    raise UnastError(f"unsupported data file '{source}'; use a .txt, .jsonl or .parquet file, or '{CPYTHON_DOCS}'")
+
+
+def pack(token_ids: list[list[int]], seq_len: int, eos_id: int | None) -> torch.Tensor:
+    """Concatenate the documents (each followed by `eos_id` unless it is None) and cut the stream
+    into rows of `seq_len` tokens, dropping the incomplete last row: LongTensor (N, seq_len)."""
+    if seq_len <= 0:
+        raise ValueError(f"seq_len must be positive, got {seq_len}")
+    flat: list[int] = []
+    for ids in token_ids:
+        flat.extend(ids)
+        if eos_id is not None:
+            flat.append(eos_id)
+    rows = len(flat) // seq_len
+    return torch.tensor(flat[: rows * seq_len], dtype=torch.long).view(rows, seq_len)
+
+
+def _token_stream(tokenizer, texts: list[str], order: list[int]) -> Iterator[list[int]]:
+    """Token ids of the non-empty documents texts[order[0]], texts[order[1]], ..., tokenized in batches."""
+    for start in range(0, len(order), _TOKENIZE_BATCH):
+        batch = [texts[i] for i in order[start : start + _TOKENIZE_BATCH]]
+        encoded = tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
+        yield from (list(ids) for ids in encoded if len(ids))
+
+
+def _take(stream: Iterator[list[int]], tokens_needed: int, per_doc_extra: int) -> tuple[list[list[int]], int]:
+    """Whole documents from `stream` until they hold `tokens_needed` tokens (with separators): (docs, tokens)."""
+    docs, count = [], 0
+    while count < tokens_needed:
+        ids = next(stream, None)
+        if ids is None:
+            break
+        docs.append(ids)
+        count += len(ids) + per_doc_extra
+    return docs, count
+
+
+def build_splits(tokenizer, cfg: DataConfig) -> dict[str, torch.Tensor]:
+    """{'calibration', 'validation', 'test'} -> LongTensor (cfg.<split>_seqs, cfg.seq_len) of token ids.
+
+    Documents are assigned whole to one split (see the module docstring): seeded permutation, then test,
+    validation and calibration each take just enough documents. Same inputs -> identical tensors.
+    Raises UnastError when the data is empty or holds too few tokens for the requested rows.
+    """
+    texts = load_texts(cfg.source, cfg.text_field, cfg.hf_split)
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    stream = _token_stream(tokenizer, texts, order)
+    eos_id = tokenizer.eos_token_id
+    extra = 0 if eos_id is None else 1
+    result, used = {}, 0
+    for split in ("test", "validation", "calibration"):
+        rows = getattr(cfg, f"{split}_seqs")
+        docs, count = _take(stream, rows * cfg.seq_len, extra)
+        used += count
+        packed = pack(docs, cfg.seq_len, eos_id)
+        if packed.shape[0] < rows:
+            _raise_too_small(cfg, used, split, packed.shape[0])  # `stream` is exhausted: `used` is every token
+        result[split] = packed[:rows].clone()
+    return {split: result[split] for split in SPLITS}
+
+
+def _raise_too_small(cfg: DataConfig, available: int, split: str, got: int) -> None:
+    if available == 0:
+        raise UnastError(f"dataset '{cfg.source}' is empty (no text or zero tokens); point data.source at text data")
+    needed = (cfg.calibration_seqs + cfg.validation_seqs + cfg.test_seqs) * cfg.seq_len
+    lost = " (whole documents go to one split, so tokens are lost at split boundaries)" if available >= needed else ""
+    raise UnastError(
+        f"dataset '{cfg.source}' is too small: the splits need {needed} tokens "
+        f"(({cfg.calibration_seqs}+{cfg.validation_seqs}+{cfg.test_seqs}) x {cfg.seq_len}) "
+        f"but only {available} are available"
+        f"{lost}; the {split} split got {got} of {getattr(cfg, f'{split}_seqs')} rows; {_FIX}"
+    )
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_fingerprint(cfg: DataConfig, tokenizer_name: str) -> str:
+    """A 16-hex-digit key for cached artifacts: sha256 of every DataConfig field, the tokenizer identity,
+    the data format version and the content (sha256 of a local file, of the CPython topics; an HF
+    dataset is identified by its name and split only)."""
+    if cfg.source == CPYTHON_DOCS:
+        content = hashlib.sha256("\0".join(_cpython_docs()).encode("utf-8")).hexdigest()
+    else:
+        path = _local_path(cfg.source)
+        content = _sha256_file(path) if path is not None and path.is_file() else None
+    payload = {
+        "version": _FORMAT_VERSION,
+        "config": cfg.model_dump(mode="json"),
+        "tokenizer": tokenizer_name,
+        "content": content,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]

@@ -1,0 +1,135 @@
+"""The run store: one directory per teacher, artifacts addressed by content keys, atomic writes.
+
+    <home>/runs/<teacher-fingerprint>/
+        activations/<key>/<split>/boundary-NNN.safetensors
+        scores/<key>.json   lut/<device>-<key>.json   search/<key>.json
+        select/<key>/...    final/<key>/ (exported checkpoint)
+
+A key hashes everything that determines an artifact (teacher, data, candidate spec, hyper-parameters),
+so a rerun with the same inputs finds its work done and a changed input never reads stale work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def content_key(*parts: Any, length: int = 16) -> str:
+    """Stable short hash of JSON-serialisable parts (pydantic models: pass `.model_dump(mode='json')`)."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
+    return Path(path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    """Copy a finished directory (hard links where possible: checkpoints are large) atomically."""
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
+    return Path(dst)
+
+
+class RunStore:
+    """Paths inside one teacher's run directory. Pure path arithmetic plus `done` checks."""
+
+    def __init__(self, home: Path, teacher_fingerprint: str):
+        self.root = Path(home) / "runs" / teacher_fingerprint[:16]
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def activations(self, key: str, split: str) -> Path:
+        return self.path("activations", key, split)
+
+    def scores(self, key: str) -> Path:
+        return self.path("scores", f"{key}.json")
+
+    def lut(self, device: str, key: str) -> Path:
+        return self.path("lut", f"{device}-{key}.json")
+
+    def search(self, key: str) -> Path:
+        return self.path("search", f"{key}.json")
+
+    def select(self, key: str) -> Path:
+        return self.path("select", key)
+
+    def final(self, key: str) -> Path:
+        return self.path("final", key)
