@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0" || $(BIN)/pip install --quiet "torch>=2.4,<2.15"
 	$(BIN)/pip install --quiet -e ".[dev]"
+	# DeepSpeed is an sdist whose isolated build would fetch another torch: build it against ours.
+	$(BIN)/pip install --quiet --no-build-isolation "deepspeed>=0.16"
 	touch $@
 
 demo: install

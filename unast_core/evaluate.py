@@ -34,9 +34,10 @@ def lm_loss(model: nn.Module, tokens: torch.Tensor, batch_size: int,
     `forward(ids, row_start) -> logits` lets callers run the model from a cached state (scoring).
     """
     forward = forward or (lambda ids, _start: model(ids, use_cache=False).logits)
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(tokens), batch_size):
-        ids = tokens[start:start + batch_size]
+        ids = tokens[start:start + batch_size].to(device)
         total += lm_loss_terms(forward(ids, start), ids).item()
         count += ids[:, 1:].numel()
     return total / count
@@ -49,9 +50,10 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, batch_size: int) -> float
 @torch.inference_mode()
 def kl_to_teacher(student: nn.Module, teacher: nn.Module, tokens: torch.Tensor, batch_size: int) -> float:
     """Mean per-token KL(teacher || student) in nats."""
+    device = next(student.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(tokens), batch_size):
-        ids = tokens[start:start + batch_size]
+        ids = tokens[start:start + batch_size].to(device)
         total += kd_terms(student(ids, use_cache=False).logits, teacher(ids, use_cache=False).logits).item()
         count += ids.numel()
     return total / count

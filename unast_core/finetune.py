@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from unast_core.config import TrainConfig
+from unast_core.engine import make_engine
 from unast_core.errors import UnastError
 from unast_core.evaluate import kd_terms, lm_loss, lm_loss_terms
 
@@ -58,32 +59,26 @@ def finetune(student: nn.Module, teacher: nn.Module, train: torch.Tensor, valida
              cfg: TrainConfig, seed: int = 0, eval_batch_size: int = 4,
              on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train `student` in place on train tokens (N, T); return losses, curve and wall time."""
-    if cfg.engine == "deepspeed":
-        raise UnastError("engine 'deepspeed' is not available in this build; set select.engine/finetune.engine to torch")
     torch.manual_seed(seed)
     started = time.perf_counter()
     val_before = lm_loss(student, validation, eval_batch_size)
-    params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr_max)
+    engine = make_engine(student, cfg)
     curve: list[dict[str, float]] = []
     student.train()
     stream = batches(train, cfg.batch_size, seed)
+    device = next(student.parameters()).device
     for step in range(cfg.steps):
         lr = cosine_lr(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = distill_loss(student, teacher, next(stream), cfg)
+        engine.set_lr(lr)
+        loss = distill_loss(engine.module, teacher, next(stream).to(device), cfg)
         if not torch.isfinite(loss):
             student.eval()
             raise Diverged(f"training diverged at step {step} (loss {loss.item()}); lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
+        engine.step(loss)
         curve.append({"step": step + 1, "loss": loss.item(), "lr": lr})
         if on_step:
             on_step(step + 1, curve[-1])
     student.eval()
     val_after = lm_loss(student, validation, eval_batch_size)
     return {"val_loss_before": val_before, "val_loss": val_after, "steps": cfg.steps, "curve": curve,
-            "tokens": cfg.steps * cfg.batch_size * train.shape[1], "wall_s": time.perf_counter() - started}
+            "tokens": cfg.steps * cfg.batch_size * train.shape[1], "engine": cfg.engine, "wall_s": time.perf_counter() - started}

@@ -24,6 +24,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def content_key(*parts: Any, length: int = 16) -> str:
     """Stable short hash of JSON-serialisable parts (pydantic models: pass `.model_dump(mode='json')`)."""
     blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
@@ -47,6 +53,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; artifacts are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -61,6 +68,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -42,7 +42,7 @@ def test_smoke_run_exports_a_reloadable_faster_model_and_resumes(tmp_path):
         sys.modules['unast_core'] = None
         from transformers import AutoModelForCausalLM, AutoTokenizer
         m = AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)
-        t = AutoTokenizer.from_pretrained({str(out)!r})
+        t = AutoTokenizer.from_pretrained({str(out)!r}, trust_remote_code=True)
         ids = t("The Python", return_tensors="pt").input_ids
         print(m.generate(ids, max_new_tokens=5, do_sample=False).shape[1] - ids.shape[1])
     """)

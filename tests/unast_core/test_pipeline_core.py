@@ -92,9 +92,10 @@ def test_finetune_lowers_loss_and_kl():
     student = build_student(teacher, layers_from_choice([1, 0, 0, 1, 0, 0], POOL))
     train, val = _tokens(8, 16, seed=1), _tokens(4, 16, seed=2)
     kl_before = kl_to_teacher(student, teacher, val, 4)
-    result = finetune(student, teacher, train, val, TrainConfig(steps=15, batch_size=4, lr_max=3e-3, lm_weight=0.0), seed=0)
-    assert len(result["curve"]) == 15 and result["tokens"] == 15 * 4 * 16
-    assert kl_to_teacher(student, teacher, val, 4) < kl_before
+    cfg = TrainConfig(steps=20, batch_size=4, lr_max=1e-3, lr_min=1e-4, lm_weight=0.0)
+    result = finetune(student, teacher, train, val, cfg, seed=0)
+    assert len(result["curve"]) == 20 and result["tokens"] == 20 * 4 * 16
+    assert kl_to_teacher(student, teacher, val, 4) < 0.8 * kl_before  # held-out KL drops by a fifth or more
     # the teacher is untouched
     assert all(not p.requires_grad for p in teacher.parameters())
 
