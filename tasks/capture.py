@@ -7,7 +7,7 @@ from unast_core.activations import capture, is_captured, load_meta
 from unast_core.config import TeacherConfig
 
 
-@task(name="capture")
+@task(name="capture", tags=["unast-compute"])
 def capture_states(prep: dict, teacher_cfg: TeacherConfig, split: str, batch_size: int) -> dict:
     """Stage 1: residual states of the teacher at every sublayer boundary (reused when present)."""
     directory = store_for(prep).activations(prep["data_key"], split)

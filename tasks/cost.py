@@ -15,7 +15,7 @@ def resolve_device(name: str) -> str:
     return name
 
 
-@task(name="cost")
+@task(name="cost", tags=["unast-compute"])
 def cost_table(prep: dict, teacher_cfg: TeacherConfig, pool: list[str], cfg: CostConfig) -> dict:
     """Stage 4: the lookup table for one device and regime, reused across runs and budgets."""
     device = resolve_device(cfg.device)

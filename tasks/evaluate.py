@@ -14,7 +14,7 @@ from unast_core.export import export_checkpoint
 from unast_core.report import model_card
 
 
-@task(name="evaluate")
+@task(name="evaluate", tags=["unast-compute"])
 def evaluate(prep: dict, teacher_cfg: TeacherConfig, trained: dict, cfg: EvalConfig, cost_cfg: CostConfig) -> dict:
     """Stage 8a: test perplexity of teacher and student, KL to the teacher, measured latency ratio."""
     teacher = teacher_for(teacher_cfg)

@@ -8,7 +8,7 @@ from unast_core.scoring import score_sublayer
 from unast_core.store import atomic_path, content_key, read_json, write_json
 
 
-@task(name="score")
+@task(name="score", tags=["unast-compute"])
 def score(prep: dict, states: dict, teacher_cfg: TeacherConfig, index: int, pool: list[str], cfg: ScoreConfig) -> dict:
     """Stage 3 for one sublayer: Eq. 2 scores of every candidate (a failed candidate scores NaN)."""
     key = content_key(prep["data_key"], pool, cfg.model_dump(), index)

@@ -12,7 +12,7 @@ from unast_core.finetune import Diverged, finetune
 from unast_core.store import atomic_path, content_key, read_json, write_json
 
 
-@task(name="train")
+@task(name="train", tags=["unast-compute"])
 def train(prep: dict, teacher_cfg: TeacherConfig, layers: list[dict], init: str | None, cfg: TrainConfig,
           seed: int, eval_batch_size: int, label: str) -> dict:
     """Stages 6-7: finetune one architecture (from the teacher's weights or `init`); a diverged run is
