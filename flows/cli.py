@@ -66,9 +66,15 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def _run(args: argparse.Namespace) -> int:
     config = build_config(args.preset, args.config, _overrides(args))
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would otherwise warn while probing for GPUs
+    from unast_core.store import check_output_dir
     from unast_core.teacher import check_teacher_spec
 
     check_teacher_spec(config.teacher.model, config.teacher.trust_remote_code)
+    check_output_dir(config.output)
     logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)  # noisy on ephemeral-server shutdown
     from flows.compress import compress
     from unast_core.report import console_summary

@@ -12,7 +12,8 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.capture import capture_states
-from tasks.cost import cost_table
+from tasks.common import progress
+from tasks.cost import cost_table, verify_latency
 from tasks.evaluate import evaluate, export
 from tasks.prepare import prepare
 from tasks.score import score, score_table
@@ -20,8 +21,9 @@ from tasks.search import search
 from tasks.tracking import Tracker
 from tasks.train import train
 from unast_core.config import RunConfig
+from unast_core.cost import corrected_budget
 from unast_core.errors import UnastError
-from unast_core.store import copy_tree, read_json, write_json
+from unast_core.store import check_output_dir, copy_tree, read_json, write_json
 
 
 @contextmanager
@@ -31,10 +33,35 @@ def _timed(wall: dict[str, float], stage: str) -> Iterator[None]:
     wall[stage] = round(time.perf_counter() - start, 2)
 
 
+LATENCY_TOLERANCE = 0.02  # measured ratio may exceed the budget by this much at search time
+
+
+def _hold_latency_budget(prep: dict, config: RunConfig, scores_path: str, lut_path: str, found: dict,
+                         log) -> tuple[dict, list[dict]]:
+    """Measure the searched architectures; if the table under-predicts, search once more with the
+    latency budget corrected by the measured/predicted ratio. Keeps the architectures that hold."""
+    target = config.budget["latency"] + LATENCY_TOLERANCE
+    archs = found["architectures"]
+    measured = verify_latency(prep, config.teacher, archs, config.cost)
+    if max(measured) > target:
+        corrected = corrected_budget(config.budget, [a["predicted_ratio"]["latency"] for a in archs], measured)
+        log.info("measured latency %s exceeds predicted %s: searching again with latency=%.3f",
+                 [round(m, 3) for m in measured], [round(a["predicted_ratio"]["latency"], 3) for a in archs],
+                 corrected["latency"])
+        found = search(prep, scores_path, lut_path, corrected, config.search)
+        archs = found["architectures"]
+        measured = verify_latency(prep, config.teacher, archs, config.cost)
+    for arch, ratio in zip(archs, measured):
+        arch["measured_ratio"] = ratio
+    kept = [a for a in archs if a["measured_ratio"] <= target] or [min(archs, key=lambda a: a["measured_ratio"])]
+    return found, kept
+
+
 # One worker: tasks share the in-process teacher and the CPU; scale-out swaps the task runner.
 @flow(name="unast-compress", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
 def compress(config: RunConfig) -> dict[str, Any]:
     log = get_run_logger()
+    check_output_dir(Path(config.output))
     home = str(Path(config.home).resolve())
     tracker = Tracker(Path(home))
     tracker.start(f"{config.preset}-{'-'.join(f'{k}{v:g}' for k, v in config.budget.items())}", config.model_dump(mode="json"))
@@ -54,7 +81,12 @@ def compress(config: RunConfig) -> dict[str, Any]:
         with _timed(wall, "score"):
             futures = score.map(unmapped(prep), unmapped(states), unmapped(config.teacher), range(len(prep["sublayers"])),
                                 unmapped(pool), unmapped(config.score))
-            rows = [f.result() for f in futures]
+            bar = progress(len(futures), "score sublayers")
+            rows = []
+            for future in futures:
+                rows.append(future.result())
+                bar.update(1)
+            bar.close()
             scores_path = score_table(prep, rows, pool)
         reused = sum(r["reused"] for r in rows)
         log.info("scored %d sublayers x %d candidates (%d reused)", len(rows), len(pool), reused)
@@ -68,11 +100,14 @@ def compress(config: RunConfig) -> dict[str, Any]:
         # Search
         with _timed(wall, "search"):
             found = search(prep, scores_path, lut_ref["path"], config.budget, config.search)
-        archs = found["architectures"]
+            archs = found["architectures"]
+            if "latency" in config.budget:
+                found, archs = _hold_latency_budget(prep, config, scores_path, lut_ref["path"], found, log)
         for arch in archs:
-            log.info("architecture %d: %s predicted %s", arch["rank"], arch["summary"],
-                     {k: round(v, 3) for k, v in arch["predicted_ratio"].items()})
-        tracker.stage("search", metrics={"solutions": len(archs)}, files=[found["path"]])
+            log.info("architecture %d: %s predicted %s measured latency %.3f", arch["rank"], arch["summary"],
+                     {k: round(v, 3) for k, v in arch["predicted_ratio"].items()}, arch.get("measured_ratio", float("nan")))
+        tracker.stage("search", metrics={"solutions": len(archs)}, files=[found["path"]],
+                      dicts={"architectures.json": archs})
         # Select: short finetune of each architecture, best validation loss wins
         with _timed(wall, "select"):
             trials = [train.submit(prep, config.teacher, a["layers"], None, config.select, config.seed,
@@ -101,6 +136,7 @@ def compress(config: RunConfig) -> dict[str, Any]:
             "name": f"UNAST student of {prep['source']}", "teacher_source": prep["source"], "preset": config.preset,
             "budget": config.budget, "pool": pool, **measured,
             "summary": best_arch["summary"], "layers": best_arch["layers"], "predicted_ratio": best_arch["predicted_ratio"],
+            "search_measured_latency_ratio": best_arch.get("measured_ratio"),
             "select": [{"rank": a["rank"], "summary": a["summary"], "status": t["status"], "val_loss": t.get("val_loss")}
                        for a, t in zip(archs, trials)],
             "finetune": {k: final[k] for k in ("val_loss_before", "val_loss", "steps", "tokens")},

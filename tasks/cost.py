@@ -31,3 +31,18 @@ def cost_table(prep: dict, teacher_cfg: TeacherConfig, pool: list[str], cfg: Cos
             model.to("cpu")
     write_json(path, lut)
     return {"path": str(path), "reused": False}
+
+
+@task(name="verify-latency", tags=["unast-compute"])
+def verify_latency(prep: dict, teacher_cfg: TeacherConfig, architectures: list[dict], cfg: CostConfig) -> list[float]:
+    """Measure each searched architecture's latency ratio against the teacher (interleaved)."""
+    from unast_core.cost import measure_ratios
+
+    model = teacher_for(teacher_cfg).model
+    device = resolve_device(cfg.device)
+    with TEACHER_LOCK:
+        model.to(device)
+        try:
+            return measure_ratios(model, [a["layers"] for a in architectures], cfg.regime, cfg.warmup, cfg.repeats)
+        finally:
+            model.to("cpu")

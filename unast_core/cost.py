@@ -62,3 +62,32 @@ def predict(lut: dict[str, Any], choice: list[int]) -> dict[str, float]:
     """Predicted absolute cost of an architecture (fixed part + chosen candidates)."""
     return {name: lut["fixed"][name] + sum(rows[i][j] for i, j in enumerate(choice))
             for name, rows in lut["costs"].items()}
+
+
+def measure_ratios(model: torch.nn.Module, layer_sets: list[list[dict[str, Any]]], regime: RegimeConfig, warmup: int,
+                   repeats: int) -> list[float]:
+    """Measured latency of each architecture (the teacher with its sublayers swapped) over the teacher's,
+    all timed interleaved in one loop: the check that a prediction from the table holds."""
+    adapter = Adapter(model)
+    ids = regime_inputs(regime, model.config.vocab_size, next(model.parameters()).device)
+
+    def timed(layers: list[dict[str, Any]]):
+        choices = {2 * b + k: layer[kind] for b, layer in enumerate(layers)
+                   for k, kind in enumerate(("attn", "mlp")) if layer[kind]["op"] != "teacher"}
+
+        def run() -> None:
+            with adapter.swapped(choices):
+                prefill(model, ids)
+        return run
+
+    variants = {"teacher": timed([{"attn": {"op": "teacher"}, "mlp": {"op": "teacher"}}] * adapter.n_blocks)}
+    variants.update({f"arch{k}": timed(layers) for k, layers in enumerate(layer_sets)})
+    medians = interleaved_latency(variants, warmup, repeats)
+    return [medians[f"arch{k}"] / medians["teacher"] for k in range(len(layer_sets))]
+
+
+def corrected_budget(budget: dict[str, float], predicted: list[float], measured: list[float]) -> dict[str, float]:
+    """Scale the latency budget by the median measured/predicted ratio, so that a systematic
+    under-prediction of the table is paid for in the search instead of in a missed budget."""
+    factor = sorted(m / p for m, p in zip(measured, predicted))[len(measured) // 2]
+    return {**budget, "latency": budget["latency"] / max(factor, 1.0)}

@@ -114,6 +114,17 @@ def copy_tree(src: Path, dst: Path) -> Path:
     return Path(dst)
 
 
+def check_output_dir(path: Path) -> None:
+    """Refuse to replace a directory that is not a previous export: `export` swaps the whole directory."""
+    from unast_core.errors import UnastError
+
+    path = Path(path)
+    if path.is_file():
+        raise UnastError(f"output {path} is a file; give a directory path")
+    if path.is_dir() and any(path.iterdir()) and not (path / "results.json").exists():
+        raise UnastError(f"output directory {path} exists and is not a UNAST export; choose a new or empty directory")
+
+
 class RunStore:
     """Paths inside one teacher's run directory. Pure path arithmetic plus `done` checks."""
 

@@ -107,3 +107,17 @@ def test_finetune_reports_divergence():
         student.get_input_embeddings().weight.fill_(float("nan"))
     with pytest.raises(Diverged, match="diverged"):
         finetune(student, teacher, _tokens(), _tokens(), TrainConfig(steps=2, batch_size=2))
+
+
+def test_measured_ratios_and_budget_correction():
+    from unast_core.cost import corrected_budget, measure_ratios
+
+    model = tiny_model("llama")
+    all_skipped = layers_from_choice([1] * 6, POOL)
+    teacher_layers = layers_from_choice([0] * 6, POOL)
+    ratios = measure_ratios(model, [all_skipped, teacher_layers], RegimeConfig(seq_len=32), warmup=1, repeats=5)
+    assert ratios[0] < ratios[1]
+    # measured 10% above predicted: the latency budget shrinks by that factor; under-runs never loosen it
+    assert corrected_budget({"latency": 0.66, "params": 0.9}, [0.6, 0.6, 0.6], [0.66, 0.65, 0.67]) == pytest.approx(
+        {"latency": 0.6, "params": 0.9})
+    assert corrected_budget({"latency": 0.5}, [0.5], [0.4]) == {"latency": 0.5}

@@ -74,3 +74,18 @@ def test_atomic_writes_leave_nothing_on_failure(tmp_path):
             raise RuntimeError("crash")
     assert not (tmp_path / "d").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+
+
+def test_output_dir_guard(tmp_path):
+    from unast_core.store import check_output_dir
+
+    check_output_dir(tmp_path / "new")  # absent: fine
+    (tmp_path / "empty").mkdir()
+    check_output_dir(tmp_path / "empty")
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "results.json").write_text("{}")
+    check_output_dir(tmp_path / "export")  # a previous export is replaced
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "thesis.tex").write_text("precious")
+    with pytest.raises(UnastError, match="not a UNAST export"):
+        check_output_dir(tmp_path / "user")
