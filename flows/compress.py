@@ -17,7 +17,7 @@ from tasks.cost import cost_table, verify_latency
 from tasks.evaluate import evaluate, export
 from tasks.prepare import prepare
 from tasks.score import score, score_table
-from tasks.search import search
+from tasks.search import check_budget, search
 from tasks.tracking import Tracker
 from tasks.train import train
 from unast_core.config import RunConfig
@@ -73,6 +73,13 @@ def compress(config: RunConfig) -> dict[str, Any]:
             prep = prepare(config.teacher, config.data, config.cost, home)
         log.info("teacher %s (%s, %d sublayers), run store %s", prep["source"], prep["model_type"],
                  len(prep["sublayers"]), prep["run_dir"])
+        # Cost
+        with _timed(wall, "cost"):
+            lut_ref = cost_table(prep, config.teacher, pool, config.cost)
+        lut = read_json(lut_ref["path"])
+        tracker.stage("cost", params={"reused": lut_ref["reused"]}, metrics={"teacher": lut["teacher"], "fixed": lut["fixed"]},
+                      files=[lut_ref["path"]])
+        check_budget(lut_ref["path"], config.budget)
         # Capture
         with _timed(wall, "capture"):
             states = capture_states(prep, config.teacher, "validation", config.score.batch_size)
@@ -91,12 +98,6 @@ def compress(config: RunConfig) -> dict[str, Any]:
         reused = sum(r["reused"] for r in rows)
         log.info("scored %d sublayers x %d candidates (%d reused)", len(rows), len(pool), reused)
         tracker.stage("score", params={"reused_sublayers": reused}, files=[scores_path, scores_path.replace(".json", ".parquet")])
-        # Cost
-        with _timed(wall, "cost"):
-            lut_ref = cost_table(prep, config.teacher, pool, config.cost)
-        lut = read_json(lut_ref["path"])
-        tracker.stage("cost", params={"reused": lut_ref["reused"]}, metrics={"teacher": lut["teacher"], "fixed": lut["fixed"]},
-                      files=[lut_ref["path"]])
         # Search
         with _timed(wall, "search"):
             found = search(prep, scores_path, lut_ref["path"], config.budget, config.search)

@@ -4,7 +4,7 @@ from prefect import task
 
 from tasks.common import store_for
 from unast_core.config import SearchConfig
-from unast_core.plan import plan
+from unast_core.plan import check_reachable, plan
 from unast_core.store import content_key, read_json, write_json
 
 
@@ -17,3 +17,9 @@ def search(prep: dict, scores_path: str, lut_path: str, budget: dict[str, float]
     result = plan(read_json(scores_path)["scores"], read_json(lut_path), budget, cfg)
     write_json(path, result)
     return {"path": str(path), "reused": False, **result}
+
+
+@task(name="check-budget")
+def check_budget(lut_path: str, budget: dict[str, float]) -> None:
+    """Stop before scoring when the budget is below what the pool can reach."""
+    check_reachable(read_json(lut_path), budget)

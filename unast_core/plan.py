@@ -9,29 +9,45 @@ from unast_core.assemble import describe, layers_from_choice
 from unast_core.config import SearchConfig
 from unast_core.cost import predict
 from unast_core.errors import InfeasibleBudget, UnastError
-from unast_core.search import solve
+from unast_core.search import min_reachable, solve
 
 
-def plan(scores: list[list[float]], lut: dict[str, Any], budget: dict[str, float], cfg: SearchConfig) -> dict[str, Any]:
-    """K diverse architectures under `budget` = {cost name: fraction of the teacher's cost}.
-
-    The ILP constrains the sublayer costs: sum_i cost(i, z_i) <= fraction * teacher - fixed part.
-    """
-    pool = lut["pool"]
+def _limits(lut: dict[str, Any], budget: dict[str, float]) -> dict[str, float]:
+    """Budget fractions -> absolute limits on the sublayer costs: fraction * teacher - fixed part."""
     limits = {}
     for name, fraction in budget.items():
         if name not in lut["costs"]:
             raise UnastError(f"no '{name}' cost was measured; budgets available: {', '.join(lut['costs'])}")
         limits[name] = fraction * lut["teacher"][name] - lut["fixed"][name]
+    return limits
+
+
+def _infeasible(lut: dict[str, Any], budget: dict[str, float], reachable_abs: dict[str, float]) -> InfeasibleBudget:
+    reachable = {name: (value + lut["fixed"][name]) / lut["teacher"][name] for name, value in reachable_abs.items()}
+    asked = ", ".join(f"{n}={budget[n]:g}" for n in reachable)
+    smallest = ", ".join(f"{n}={math.ceil(v * 1000) / 1000:g}" for n, v in reachable.items())
+    return InfeasibleBudget(f"budget {asked} cannot be met with pool {lut['pool']}: the smallest reachable is "
+                            f"{smallest}; raise the budget or widen the pool", reachable)
+
+
+def check_reachable(lut: dict[str, Any], budget: dict[str, float]) -> None:
+    """Fail before any scoring when even the cheapest candidate everywhere misses a budget."""
+    limits = _limits(lut, budget)
+    smallest = min_reachable({name: lut["costs"][name] for name in budget})
+    missed = {name: smallest[name] for name in budget if smallest[name] > limits[name] + 1e-12}
+    if missed:
+        raise _infeasible(lut, budget, missed)
+
+
+def plan(scores: list[list[float]], lut: dict[str, Any], budget: dict[str, float], cfg: SearchConfig) -> dict[str, Any]:
+    """K diverse architectures under `budget` = {cost name: fraction of the teacher's cost} (Eq. 3-4)."""
+    pool = lut["pool"]
+    limits = _limits(lut, budget)
     costs = {name: lut["costs"][name] for name in budget}
     try:
         solutions = solve(scores, costs, limits, k=cfg.k, max_overlap=cfg.max_overlap, time_limit_s=cfg.time_limit_s)
     except InfeasibleBudget as exc:
-        reachable = {name: (value + lut["fixed"][name]) / lut["teacher"][name] for name, value in exc.reachable.items()}
-        asked = ", ".join(f"{n}={budget[n]:g}" for n in reachable)
-        smallest = ", ".join(f"{n}={math.ceil(v * 1000) / 1000:g}" for n, v in reachable.items())
-        raise InfeasibleBudget(f"budget {asked} cannot be met with pool {pool}: the smallest reachable is "
-                               f"{smallest}; raise the budget or widen the pool", reachable) from None
+        raise _infeasible(lut, budget, exc.reachable) from None
     architectures = []
     for rank, sol in enumerate(solutions):
         predicted = predict(lut, sol.choice)

@@ -1,0 +1,37 @@
+import math
+
+import pytest
+
+from unast_core.config import SearchConfig
+from unast_core.errors import InfeasibleBudget
+from unast_core.plan import check_reachable, plan
+
+# 4 sublayers x {teacher, identity}; teacher total latency 10 = fixed 2 + 4 x 2.
+LUT = {"pool": ["teacher", "identity"], "costs": {"latency": [[2.0, 0.0]] * 4, "params": [[5, 0]] * 4},
+       "fixed": {"latency": 2.0, "params": 20}, "teacher": {"latency": 10.0, "params": 40}}
+SCORES = [[0.0, 0.4], [0.0, 0.1], [0.0, 0.3], [0.0, 0.2]]
+
+
+def test_plan_meets_the_budget_with_the_cheapest_damage():
+    result = plan(SCORES, LUT, {"latency": 0.6}, SearchConfig(k=2))
+    best = result["architectures"][0]
+    assert best["choice"] == [0, 1, 0, 1]  # skip the two least harmful sublayers
+    assert best["predicted_ratio"]["latency"] == pytest.approx(0.6)
+    assert best["score_sum"] == pytest.approx(0.3)
+    assert len(result["architectures"]) == 2
+
+
+def test_unreachable_budget_names_the_smallest_reachable_value():
+    with pytest.raises(InfeasibleBudget, match=r"latency=0.1 .*smallest reachable is latency=0.2") as info:
+        check_reachable(LUT, {"latency": 0.1})
+    assert info.value.reachable["latency"] == pytest.approx(0.2)
+    with pytest.raises(InfeasibleBudget, match="smallest reachable is latency=0.2"):
+        plan(SCORES, LUT, {"latency": 0.1}, SearchConfig())
+    check_reachable(LUT, {"latency": 0.2, "params": 0.5})  # exactly reachable is fine
+
+
+def test_failed_candidates_are_never_chosen():
+    scores = [row[:] for row in SCORES]
+    scores[1][1] = math.nan
+    best = plan(scores, LUT, {"latency": 0.6}, SearchConfig())["architectures"][0]
+    assert best["choice"][1] == 0
