@@ -13,7 +13,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.capture import capture_states
 from tasks.common import progress
-from tasks.cost import cost_table, verify_latency
+from tasks.cost import cost_table, resolve_device, verify_latency
 from tasks.evaluate import evaluate, export
 from tasks.prepare import prepare
 from tasks.score import score, score_table
@@ -38,21 +38,23 @@ LATENCY_TOLERANCE = 0.02  # measured ratio may exceed the budget by this much at
 
 def _hold_latency_budget(prep: dict, config: RunConfig, scores_path: str, lut_path: str, found: dict,
                          log) -> tuple[dict, list[dict]]:
-    """Measure the searched architectures; if the table under-predicts, search once more with the
-    latency budget corrected by the measured/predicted ratio. Keeps the architectures that hold."""
+    """Measure the searched architectures and keep those within the latency budget. If none holds (the
+    table under-predicts), search once more with the budget corrected by the measured/predicted ratio."""
     target = config.budget["latency"] + LATENCY_TOLERANCE
-    archs = found["architectures"]
-    measured = verify_latency(prep, config.teacher, archs, config.cost)
-    if max(measured) > target:
-        corrected = corrected_budget(config.budget, [a["predicted_ratio"]["latency"] for a in archs], measured)
+
+    def measured(found: dict) -> list[dict]:
+        ratios = verify_latency(prep, config.teacher, found["path"], config.cost)
+        return [{**arch, "measured_ratio": r} for arch, r in zip(found["architectures"], ratios)]
+
+    archs = measured(found)
+    if all(a["measured_ratio"] > target for a in archs):
+        corrected = corrected_budget(config.budget, [a["predicted_ratio"]["latency"] for a in archs],
+                                     [a["measured_ratio"] for a in archs])
         log.info("measured latency %s exceeds predicted %s: searching again with latency=%.3f",
-                 [round(m, 3) for m in measured], [round(a["predicted_ratio"]["latency"], 3) for a in archs],
-                 corrected["latency"])
+                 [round(a["measured_ratio"], 3) for a in archs],
+                 [round(a["predicted_ratio"]["latency"], 3) for a in archs], corrected["latency"])
         found = search(prep, scores_path, lut_path, corrected, config.search)
-        archs = found["architectures"]
-        measured = verify_latency(prep, config.teacher, archs, config.cost)
-    for arch, ratio in zip(archs, measured):
-        arch["measured_ratio"] = ratio
+        archs = measured(found)
     kept = [a for a in archs if a["measured_ratio"] <= target] or [min(archs, key=lambda a: a["measured_ratio"])]
     return found, kept
 
@@ -67,6 +69,7 @@ def compress(config: RunConfig) -> dict[str, Any]:
     tracker.start(f"{config.preset}-{'-'.join(f'{k}{v:g}' for k, v in config.budget.items())}", config.model_dump(mode="json"))
     wall: dict[str, float] = {}
     pool = config.pool.ops
+    device = resolve_device(config.cost.device)  # the target device: timing, training and evaluation run there
     try:
         # Prepare
         with _timed(wall, "prepare"):
@@ -112,7 +115,7 @@ def compress(config: RunConfig) -> dict[str, Any]:
         # Select: short finetune of each architecture, best validation loss wins
         with _timed(wall, "select"):
             trials = [train.submit(prep, config.teacher, a["layers"], None, config.select, config.seed,
-                                   config.evaluate.batch_size, f"select {a['rank']}") for a in archs]
+                                   config.evaluate.batch_size, f"select {a['rank']}", device) for a in archs]
             trials = [t.result() for t in trials]
         for arch, trial in zip(archs, trials):
             tracker.stage(f"select-{arch['rank']}", params={"summary": arch["summary"], "status": trial["status"]},
@@ -126,7 +129,7 @@ def compress(config: RunConfig) -> dict[str, Any]:
         # Finetune the winner
         with _timed(wall, "finetune"):
             final = train(prep, config.teacher, best_arch["layers"], best["weights"], config.finetune, config.seed,
-                          config.evaluate.batch_size, "finetune")
+                          config.evaluate.batch_size, "finetune", device)
         if final["status"] != "ok":
             raise UnastError(f"the final finetune failed: {final['error']}")
         tracker.stage("finetune", metrics={k: final[k] for k in ("val_loss_before", "val_loss", "wall_s")}, curve=final["curve"])

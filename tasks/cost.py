@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from prefect import task
 
@@ -34,15 +36,21 @@ def cost_table(prep: dict, teacher_cfg: TeacherConfig, pool: list[str], cfg: Cos
 
 
 @task(name="verify-latency", tags=["unast-compute"])
-def verify_latency(prep: dict, teacher_cfg: TeacherConfig, architectures: list[dict], cfg: CostConfig) -> list[float]:
-    """Measure each searched architecture's latency ratio against the teacher (interleaved)."""
+def verify_latency(prep: dict, teacher_cfg: TeacherConfig, search_path: str, cfg: CostConfig) -> list[float]:
+    """Measured latency ratio of each searched architecture against the teacher (interleaved); stored
+    next to the search result so that a rerun makes the same decisions."""
     from unast_core.cost import measure_ratios
 
+    path = Path(search_path).with_suffix(f".measured-{resolve_device(cfg.device)}.json")
+    if path.exists():
+        return read_json(path)
     model = teacher_for(teacher_cfg).model
-    device = resolve_device(cfg.device)
     with TEACHER_LOCK:
-        model.to(device)
+        model.to(resolve_device(cfg.device))
         try:
-            return measure_ratios(model, [a["layers"] for a in architectures], cfg.regime, cfg.warmup, cfg.repeats)
+            ratios = measure_ratios(model, [a["layers"] for a in read_json(search_path)["architectures"]],
+                                    cfg.regime, cfg.warmup, cfg.repeats)
         finally:
             model.to("cpu")
+    write_json(path, ratios)
+    return ratios

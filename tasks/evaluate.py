@@ -26,7 +26,6 @@ def evaluate(prep: dict, teacher_cfg: TeacherConfig, trained: dict, cfg: EvalCon
         teacher.model.to(device), student.to(device)
         try:
             latency = latency_vs_teacher(student, teacher.model, cost_cfg.regime, cfg.latency_warmup, cfg.latency_repeats)
-            teacher.model.to("cpu"), student.to("cpu")
             teacher_ppl = perplexity(teacher.model, test, cfg.batch_size)
             student_ppl = perplexity(student, test, cfg.batch_size)
             kl = kl_to_teacher(student, teacher.model, test, cfg.batch_size)

@@ -14,7 +14,7 @@ from unast_core.store import atomic_path, content_key, read_json, write_json
 
 @task(name="train", tags=["unast-compute"])
 def train(prep: dict, teacher_cfg: TeacherConfig, layers: list[dict], init: str | None, cfg: TrainConfig,
-          seed: int, eval_batch_size: int, label: str) -> dict:
+          seed: int, eval_batch_size: int, label: str, device: str = "cpu") -> dict:
     """Stages 6-7: finetune one architecture (from the teacher's weights or `init`); a diverged run is
     reported as failed, so the other architectures' work stands."""
     out = store_for(prep).path("train", content_key(prep["data_key"], layers, init, cfg.model_dump(), seed))
@@ -28,11 +28,13 @@ def train(prep: dict, teacher_cfg: TeacherConfig, layers: list[dict], init: str 
     data = splits(prep)
     try:
         with TEACHER_LOCK:
+            teacher.model.to(device), student.to(device)
             metrics = finetune(student, teacher.model, data["calibration"], data["validation"], cfg, seed,
                                eval_batch_size, on_step=lambda step, m: (bar.update(1), bar.set_postfix(loss=f"{m['loss']:.3f}")))
     except Diverged as exc:
         return {"status": "failed", "error": str(exc), "label": label, "layers": layers}
     finally:
+        teacher.model.to("cpu"), student.to("cpu")
         bar.close()
     weights = out / "student.safetensors"
     with atomic_path(weights) as tmp:
