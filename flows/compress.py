@@ -22,7 +22,7 @@ from tasks.tracking import Tracker
 from tasks.train import train
 from unast_core.config import RunConfig
 from unast_core.cost import corrected_budget
-from unast_core.errors import UnastError
+from unast_core.errors import InfeasibleBudget, UnastError
 from unast_core.store import check_output_dir, copy_tree, read_json, write_json
 
 
@@ -53,8 +53,13 @@ def _hold_latency_budget(prep: dict, config: RunConfig, scores_path: str, lut_pa
         log.info("measured latency %s exceeds predicted %s: searching again with latency=%.3f",
                  [round(a["measured_ratio"], 3) for a in archs],
                  [round(a["predicted_ratio"]["latency"], 3) for a in archs], corrected["latency"])
-        found = search(prep, scores_path, lut_path, corrected, config.search)
-        archs = measured(found)
+        try:
+            retry = search(prep, scores_path, lut_path, corrected, config.search)
+        except InfeasibleBudget:  # the correction overshot what the pool can reach: keep the measured ones
+            log.info("corrected budget latency=%.3f is unreachable; keeping the fastest measured architecture",
+                     corrected["latency"])
+        else:
+            found, archs = retry, measured(retry)
     kept = [a for a in archs if a["measured_ratio"] <= target] or [min(archs, key=lambda a: a["measured_ratio"])]
     return found, kept
 

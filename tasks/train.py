@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
 
 from prefect import task
 from safetensors.torch import load_model, save_model
