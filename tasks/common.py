@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import threading
@@ -39,3 +40,17 @@ def splits(prep: dict) -> dict[str, torch.Tensor]:
 
 def progress(total: int, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+@contextlib.contextmanager
+def on_device(device: str, *models: torch.nn.Module):
+    """Hold the teacher lock and run `models` on `device`; they go back to the CPU whatever happens
+    (the cached teacher is shared by every task in the process)."""
+    with TEACHER_LOCK:
+        for model in models:
+            model.to(device)
+        try:
+            yield
+        finally:
+            for model in models:
+                model.to("cpu")

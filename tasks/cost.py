@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from prefect import task
 
-from tasks.common import TEACHER_LOCK, store_for, teacher_for
+from tasks.common import on_device, store_for, teacher_for
 from unast_core.config import CostConfig, TeacherConfig
 from unast_core.cost import build_lut
 from unast_core.store import content_key, read_json, write_json
@@ -25,12 +25,8 @@ def cost_table(prep: dict, teacher_cfg: TeacherConfig, pool: list[str], cfg: Cos
     if path.exists():
         return {"path": str(path), "reused": True}
     model = teacher_for(teacher_cfg).model
-    with TEACHER_LOCK:
-        model.to(device)
-        try:
-            lut = build_lut(model, pool, cfg.regime, cfg.warmup, cfg.repeats)
-        finally:
-            model.to("cpu")
+    with on_device(device, model):
+        lut = build_lut(model, pool, cfg.regime, cfg.warmup, cfg.repeats)
     write_json(path, lut)
     return {"path": str(path), "reused": False}
 
@@ -41,16 +37,13 @@ def verify_latency(prep: dict, teacher_cfg: TeacherConfig, search_path: str, cfg
     next to the search result so that a rerun makes the same decisions."""
     from unast_core.cost import measure_ratios
 
-    path = Path(search_path).with_suffix(f".measured-{resolve_device(cfg.device)}.json")
+    device = resolve_device(cfg.device)
+    path = Path(search_path).with_suffix(f".measured-{device}.json")
     if path.exists():
         return read_json(path)
     model = teacher_for(teacher_cfg).model
-    with TEACHER_LOCK:
-        model.to(resolve_device(cfg.device))
-        try:
-            ratios = measure_ratios(model, [a["layers"] for a in read_json(search_path)["architectures"]],
-                                    cfg.regime, cfg.warmup, cfg.repeats)
-        finally:
-            model.to("cpu")
+    with on_device(device, model):
+        ratios = measure_ratios(model, [a["layers"] for a in read_json(search_path)["architectures"]],
+                                cfg.regime, cfg.warmup, cfg.repeats)
     write_json(path, ratios)
     return ratios

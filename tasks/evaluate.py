@@ -5,7 +5,7 @@ from pathlib import Path
 from prefect import task
 from safetensors.torch import load_model
 
-from tasks.common import TEACHER_LOCK, splits, teacher_for
+from tasks.common import on_device, splits, teacher_for
 from tasks.cost import resolve_device
 from unast_core.assemble import build_student
 from unast_core.config import CostConfig, EvalConfig, TeacherConfig
@@ -22,15 +22,11 @@ def evaluate(prep: dict, teacher_cfg: TeacherConfig, trained: dict, cfg: EvalCon
     load_model(student, trained["weights"])
     test = splits(prep)["test"]
     device = resolve_device(cost_cfg.device)
-    with TEACHER_LOCK:
-        teacher.model.to(device), student.to(device)
-        try:
-            latency = latency_vs_teacher(student, teacher.model, cost_cfg.regime, cfg.latency_warmup, cfg.latency_repeats)
-            teacher_ppl = perplexity(teacher.model, test, cfg.batch_size)
-            student_ppl = perplexity(student, test, cfg.batch_size)
-            kl = kl_to_teacher(student, teacher.model, test, cfg.batch_size)
-        finally:
-            teacher.model.to("cpu")
+    with on_device(device, teacher.model, student):
+        latency = latency_vs_teacher(student, teacher.model, cost_cfg.regime, cfg.latency_warmup, cfg.latency_repeats)
+        teacher_ppl = perplexity(teacher.model, test, cfg.batch_size)
+        student_ppl = perplexity(student, test, cfg.batch_size)
+        kl = kl_to_teacher(student, teacher.model, test, cfg.batch_size)
     n_student = sum(p.numel() for p in student.parameters())
     return {
         "teacher": {"test_ppl": teacher_ppl, "params": prep["teacher_params"], "latency_s": latency["teacher_s"]},

@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-
 from prefect import task
 from safetensors.torch import load_model, save_model
 
-from tasks.common import TEACHER_LOCK, progress, splits, store_for, teacher_for
+from tasks.common import on_device, progress, splits, store_for, teacher_for
 from unast_core.assemble import build_student
 from unast_core.config import TeacherConfig, TrainConfig
 from unast_core.finetune import Diverged, finetune
@@ -26,14 +25,12 @@ def train(prep: dict, teacher_cfg: TeacherConfig, layers: list[dict], init: str 
     bar = progress(cfg.steps, label)
     data = splits(prep)
     try:
-        with TEACHER_LOCK:
-            teacher.model.to(device), student.to(device)
+        with on_device(device, teacher.model, student):
             metrics = finetune(student, teacher.model, data["calibration"], data["validation"], cfg, seed,
                                eval_batch_size, on_step=lambda step, m: (bar.update(1), bar.set_postfix(loss=f"{m['loss']:.3f}")))
     except Diverged as exc:
         return {"status": "failed", "error": str(exc), "label": label, "layers": layers}
     finally:
-        teacher.model.to("cpu"), student.to("cpu")
         bar.close()
     weights = out / "student.safetensors"
     with atomic_path(weights) as tmp:

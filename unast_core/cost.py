@@ -34,13 +34,8 @@ def build_lut(model: torch.nn.Module, pool: list[str], regime: RegimeConfig, war
             if op != "teacher":
                 variants[f"{kind}:{op}"] = {s.index: {"op": op} for s in adapter.sublayers if s.kind == kind}
 
-    def timed(choices: dict[int, dict[str, str]]):
-        def run() -> None:
-            with adapter.swapped(choices):
-                prefill(model, ids)
-        return run
-
-    measured = interleaved_latency({name: timed(c) for name, c in variants.items()}, warmup, repeats)
+    measured = interleaved_latency({name: _swapped_prefill(adapter, ids, c) for name, c in variants.items()},
+                                   warmup, repeats)
     per_op = {kind: {op: _per_sublayer(measured, kind, op, adapter.n_blocks) for op in pool} for kind in ("attn", "mlp")}
     latency = [[per_op[s.kind][op] for op in pool] for s in adapter.sublayers]
     params = [[adapter.sublayer_params(s) if op == "teacher" else 0 for op in pool] for s in adapter.sublayers]
@@ -49,6 +44,14 @@ def build_lut(model: torch.nn.Module, pool: list[str], regime: RegimeConfig, war
              "params": teacher["params"] - sum(row[0] for row in params)}
     return {"pool": pool, "regime": regime.model_dump(), "device": str(device), "costs": {"latency": latency, "params": params},
             "fixed": fixed, "teacher": teacher, "measured": measured}
+
+
+def _swapped_prefill(adapter: Adapter, ids: torch.Tensor, choices: dict[int, dict[str, Any]]):
+    """A zero-argument callable: one prefill of the adapter's model with `choices` swapped in."""
+    def run() -> None:
+        with adapter.swapped(choices):
+            prefill(adapter.model, ids)
+    return run
 
 
 def _per_sublayer(measured: dict[str, float], kind: str, op: str, n_blocks: int) -> float:
@@ -71,17 +74,11 @@ def measure_ratios(model: torch.nn.Module, layer_sets: list[list[dict[str, Any]]
     adapter = Adapter(model)
     ids = regime_inputs(regime, model.config.vocab_size, next(model.parameters()).device)
 
-    def timed(layers: list[dict[str, Any]]):
-        choices = {2 * b + k: layer[kind] for b, layer in enumerate(layers)
-                   for k, kind in enumerate(("attn", "mlp")) if layer[kind]["op"] != "teacher"}
+    def choices(layers: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        return {s.index: layers[s.block][s.kind] for s in adapter.sublayers if layers[s.block][s.kind]["op"] != "teacher"}
 
-        def run() -> None:
-            with adapter.swapped(choices):
-                prefill(model, ids)
-        return run
-
-    variants = {"teacher": timed([{"attn": {"op": "teacher"}, "mlp": {"op": "teacher"}}] * adapter.n_blocks)}
-    variants.update({f"arch{k}": timed(layers) for k, layers in enumerate(layer_sets)})
+    variants = {"teacher": _swapped_prefill(adapter, ids, {})}
+    variants.update({f"arch{k}": _swapped_prefill(adapter, ids, choices(layers)) for k, layers in enumerate(layer_sets)})
     medians = interleaved_latency(variants, warmup, repeats)
     return [medians[f"arch{k}"] / medians["teacher"] for k in range(len(layer_sets))]
 
