@@ -8,12 +8,14 @@ from unast_core.config import TeacherConfig
 
 
 @task(name="capture", tags=["unast-compute"])
-def capture_states(prep: dict, teacher_cfg: TeacherConfig, split: str, batch_size: int) -> dict:
-    """Stage 1: residual states of the teacher at every sublayer boundary (reused when present)."""
-    directory = store_for(prep).activations(prep["data_key"], split)
+def capture_states(prep: dict, teacher_cfg: TeacherConfig, split: str, batch_size: int, rows: int | None = None) -> dict:
+    """Stage 1: residual states of the teacher at every sublayer boundary, on the first `rows` sequences
+    of `split` (all when None); reused when present."""
+    name = split if rows is None else f"{split}-{rows}"
+    directory = store_for(prep).activations(prep["data_key"], name)
     if is_captured(directory):
         return {"dir": str(directory), "reused": True, **load_meta(directory)}
-    tokens = splits(prep)[split]
+    tokens = splits(prep)[split][:rows]
     bar = progress(-(-len(tokens) // batch_size), f"capture {split}")
     with TEACHER_LOCK:
         meta = capture(teacher_for(teacher_cfg).model, tokens, directory, batch_size,

@@ -18,7 +18,7 @@ def resolve_device(name: str) -> str:
 
 
 @task(name="cost", tags=["unast-compute"])
-def cost_table(prep: dict, teacher_cfg: TeacherConfig, pool: list[str], cfg: CostConfig) -> dict:
+def cost_table(prep: dict, teacher_cfg: TeacherConfig, pool: list[dict], cfg: CostConfig) -> dict:
     """Stage 4: the lookup table for one device and regime, reused across runs and budgets."""
     device = resolve_device(cfg.device)
     path = store_for(prep).lut(device, content_key(pool, cfg.model_dump(), torch.get_num_threads()))

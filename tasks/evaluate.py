@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from prefect import task
@@ -9,7 +10,7 @@ from tasks.common import on_device, splits, teacher_for
 from tasks.cost import resolve_device
 from unast_core.assemble import build_student
 from unast_core.config import CostConfig, EvalConfig, TeacherConfig
-from unast_core.evaluate import kl_to_teacher, latency_vs_teacher, perplexity
+from unast_core.evaluate import compare_to_teacher, latency_vs_teacher
 from unast_core.export import export_checkpoint
 from unast_core.report import model_card
 
@@ -24,9 +25,8 @@ def evaluate(prep: dict, teacher_cfg: TeacherConfig, trained: dict, cfg: EvalCon
     device = resolve_device(cost_cfg.device)
     with on_device(device, teacher.model, student):
         latency = latency_vs_teacher(student, teacher.model, cost_cfg.regime, cfg.latency_warmup, cfg.latency_repeats)
-        teacher_ppl = perplexity(teacher.model, test, cfg.batch_size)
-        student_ppl = perplexity(student, test, cfg.batch_size)
-        kl = kl_to_teacher(student, teacher.model, test, cfg.batch_size)
+        both = compare_to_teacher(student, teacher.model, test, cfg.batch_size)
+    teacher_ppl, student_ppl, kl = math.exp(both["teacher_loss"]), math.exp(both["student_loss"]), both["kl"]
     n_student = sum(p.numel() for p in student.parameters())
     return {
         "teacher": {"test_ppl": teacher_ppl, "params": prep["teacher_params"], "latency_s": latency["teacher_s"]},

@@ -14,7 +14,8 @@ def search(prep: dict, scores_path: str, lut_path: str, budget: dict[str, float]
     path = store_for(prep).search(content_key(scores_path, lut_path, budget, cfg.model_dump()))
     if path.exists():
         return {"path": str(path), "reused": True, **read_json(path)}
-    result = plan(read_json(scores_path)["scores"], read_json(lut_path), budget, cfg)
+    table = read_json(scores_path)
+    result = plan(table["scores"], read_json(lut_path), budget, cfg, table.get("weights"))
     write_json(path, result)
     return {"path": str(path), "reused": False, **result}
 

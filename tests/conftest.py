@@ -37,3 +37,34 @@ def tiny_model(model_type: str, seed: int = 0):
 @pytest.fixture(params=sorted(TINY_CONFIGS))
 def family_model(request):
     return tiny_model(request.param)
+
+
+def assert_export_reloads(student, tmp_path, new_tokens: int = 4) -> None:
+    """Export `student`, load it in a fresh interpreter that cannot import unast_core (the checkpoint
+    carries its own modeling code), and check its logits and that it generates with the KV cache."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from unast_core.export import export_checkpoint
+    from unast_core.teacher import byte_tokenizer
+
+    out = export_checkpoint(student, byte_tokenizer(), tmp_path / "ckpt", card="# card\n", results={"ok": 1})
+    ids = torch.randint(1, 97, (1, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = student(ids).logits[0, -1, :5]
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.modules['unast_core'] = None
+        from transformers import AutoModelForCausalLM
+        m = AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True).eval()
+        ids = torch.tensor([{ids[0].tolist()}])
+        with torch.no_grad():
+            print(m(ids).logits[0, -1, :5].tolist())
+            print(m.generate(ids, max_new_tokens={new_tokens}, do_sample=False).shape[1])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    logits_line, length_line = proc.stdout.strip().splitlines()[-2:]
+    assert torch.allclose(torch.tensor(eval(logits_line)), expected, atol=1e-5)
+    assert int(length_line) == 7 + new_tokens

@@ -28,12 +28,12 @@ def capture(model: torch.nn.Module, tokens: torch.Tensor, directory: Path, batch
     adapter = Adapter(model)
     sink: dict[int, list[torch.Tensor]] = {}
     handles = adapter.boundary_hooks(sink)
-    total, count = 0.0, 0
+    row_loss: list[float] = []  # summed next-token loss of each row, so a subset's mean loss is known
     try:
         for step, start in enumerate(range(0, len(tokens), batch_size)):
             ids = tokens[start:start + batch_size]
-            total += lm_loss_terms(model(ids, use_cache=False).logits, ids).item()
-            count += ids[:, 1:].numel()
+            logits = model(ids, use_cache=False).logits
+            row_loss += [lm_loss_terms(logits[r:r + 1], ids[r:r + 1]).item() for r in range(len(ids))]
             if on_step:
                 on_step(step + 1, -(-len(tokens) // batch_size))
     finally:
@@ -41,13 +41,21 @@ def capture(model: torch.nn.Module, tokens: torch.Tensor, directory: Path, batch
             handle.remove()
     for j, parts in sorted(sink.items()):
         write_tensors(boundary_file(directory, j), {"h": torch.cat(parts).to(dtype)})
-    meta = {"loss": total / count, "boundaries": len(sink), "rows": len(tokens), "seq_len": tokens.shape[1]}
+    meta = {"loss": sum(row_loss) / (len(tokens) * (tokens.shape[1] - 1)), "row_loss": row_loss,
+            "boundaries": len(sink), "rows": len(tokens), "seq_len": tokens.shape[1]}
     write_json(Path(directory) / "meta.json", meta)
     return meta
 
 
 def is_captured(directory: Path) -> bool:
-    return (Path(directory) / "meta.json").exists()
+    meta = Path(directory) / "meta.json"
+    return meta.exists() and "row_loss" in read_json(meta)
+
+
+def mean_loss(meta: dict, rows: int | None) -> float:
+    """The teacher's mean next-token loss over the first `rows` captured rows (all when None)."""
+    n = min(rows or meta["rows"], meta["rows"])
+    return sum(meta["row_loss"][:n]) / (n * (meta["seq_len"] - 1))
 
 
 def load_meta(directory: Path) -> dict:

@@ -15,7 +15,12 @@ import torch
 from torch import nn
 
 from unast_core.errors import UnastError
-from unast_core.modeling_unast import FAMILIES, SUBLAYER_KINDS, get_blocks, replace_sublayer
+from unast_core.modeling_unast import (
+    FAMILIES,
+    SUBLAYER_KINDS,
+    build_operator,
+    get_blocks,
+)
 
 SUPPORTED = "Llama, Mistral, Qwen2, Qwen3 (Llama family), Gemma, Gemma2, Gemma3 (Gemma family), GPT-2"
 
@@ -67,20 +72,33 @@ class Adapter:
     def total_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    def build(self, index: int, spec: dict[str, Any], indices: dict[str, list[int]] | None = None) -> dict[str, nn.Module]:
+        """The modules operator `spec` would put in place of sublayer `index` (not installed)."""
+        sub = self.sublayers[index]
+        return build_operator(self.blocks[sub.block], self.family, sub.kind, spec, self.model.config, indices)
+
     @contextlib.contextmanager
-    def swapped(self, choices: dict[int, dict[str, Any]]) -> Iterator[nn.Module]:
-        """Temporarily replace sublayers: `choices = {sublayer_index: {"op": ...}}`."""
+    def installed(self, modules: dict[int, dict[str, nn.Module]]) -> Iterator[nn.Module]:
+        """Temporarily put prebuilt modules `{sublayer_index: {attribute: module}}` in place."""
         saved = []
         try:
-            for index, spec in choices.items():
-                sub = self.sublayers[index]
-                saved.append((sub, self.modules_of(sub)))
-                replace_sublayer(self.blocks[sub.block], self.family, sub.kind, spec)
+            for index, replacement in modules.items():
+                block = self.blocks[self.sublayers[index].block]
+                saved.append((block, {name: getattr(block, name) for name in replacement}))
+                for name, module in replacement.items():
+                    setattr(block, name, module)
             yield self.model
         finally:
-            for sub, modules in reversed(saved):
-                for name, module in modules.items():
-                    setattr(self.blocks[sub.block], name, module)
+            for block, originals in reversed(saved):
+                for name, module in originals.items():
+                    setattr(block, name, module)
+
+    @contextlib.contextmanager
+    def swapped(self, choices: dict[int, dict[str, Any]]) -> Iterator[nn.Module]:
+        """Temporarily replace sublayers: `choices = {sublayer_index: {"op": ...}}` (structure only:
+        downsized operators hold the teacher's first heads / channels)."""
+        with self.installed({index: self.build(index, spec) for index, spec in choices.items()}) as model:
+            yield model
 
     @contextlib.contextmanager
     def start_at(self, block: int, hidden: torch.Tensor) -> Iterator[nn.Module]:

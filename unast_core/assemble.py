@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from unast_core.adapters import Adapter
 from unast_core.modeling_unast import SUBLAYER_KINDS, UnastConfig, UnastForCausalLM
+from unast_core.operators import needs_training
+from unast_core.store import read_tensors
 
 AUTO_MAP = {"AutoConfig": "modeling_unast.UnastConfig", "AutoModelForCausalLM": "modeling_unast.UnastForCausalLM"}
 Layers = list[dict[str, dict[str, Any]]]
 
 
-def layers_from_choice(choice: list[int], pool: list[str]) -> Layers:
+def layers_from_choice(choice: list[int], pool: list[dict[str, Any]]) -> Layers:
     """ILP choice (candidate index per sublayer, 2N long) -> per-block operator specs."""
-    specs = [{"op": pool[j]} for j in choice]
+    specs = [dict(pool[j]) for j in choice]
     return [dict(zip(SUBLAYER_KINDS, specs[b:b + 2])) for b in range(0, len(specs), 2)]
 
 
 def describe(layers: Layers) -> str:
-    """Compact architecture string: one char per sublayer, T = teacher, - = skipped."""
-    glyph = {"teacher": "T", "identity": "-"}
+    """Compact architecture string, one char per sublayer: T teacher, - skipped, L linear, a / m downsized
+    attention / MLP."""
+    glyph = {"teacher": "T", "identity": "-", "linear": "L", "attention": "a", "mlp": "m"}
     return " ".join("".join(glyph.get(layer[k]["op"], "?") for k in SUBLAYER_KINDS) for layer in layers)
 
 
@@ -34,12 +39,27 @@ def student_config(teacher_config, layers: Layers) -> UnastConfig:
                        pad_token_id=teacher_config.pad_token_id)
 
 
-def build_student(teacher: nn.Module, layers: Layers) -> UnastForCausalLM:
-    """A fresh student whose kept modules hold copies of the teacher's weights."""
+def build_student(teacher: nn.Module, layers: Layers, weights: dict[str, str] | None = None) -> UnastForCausalLM:
+    """A fresh student: the teacher's weights where its modules are kept, and each trained candidate's
+    distilled weights (`weights`: {sublayer index: candidate .safetensors}) where they are replaced.
+    With `weights=None` the replaced sublayers keep their structural init (the caller loads a full state)."""
     student = UnastForCausalLM(student_config(teacher.config, layers))
-    result = student.student.load_state_dict(teacher.state_dict(), strict=False)
-    if result.missing_keys:
-        raise RuntimeError(f"student has weights the teacher lacks: {result.missing_keys[:5]}")
+    own = student.student.state_dict()
+    shared = {k: v for k, v in teacher.state_dict().items() if k in own and own[k].shape == v.shape}
+    student.student.load_state_dict(shared, strict=False)
+    adapter = Adapter(student.student)
+    given = {int(k): v for k, v in (weights or {}).items()}
+    for sub in adapter.sublayers:
+        spec = layers[sub.block][sub.kind]
+        if weights is None or not needs_training(spec):
+            continue
+        if sub.index not in given:
+            raise RuntimeError(f"sublayer {sub.name} uses {spec['op']} but no trained weights were given")
+        state = read_tensors(Path(given[sub.index]))
+        for name, module in adapter.modules_of(sub).items():
+            part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+            if part:
+                module.load_state_dict(part, strict=True)
     student.student.config._attn_implementation = teacher.config._attn_implementation
     return student.to(dtype=next(teacher.parameters()).dtype).eval()
 

@@ -8,7 +8,9 @@ the operator is timed against the teacher, interleaved (median of repeats). Per 
 
 and the rest of the teacher's time (embedding, final norm, head, framework overhead) is the fixed part,
 so the prediction fixed + sum_i latency(i, z_i) is exact for the teacher and the all-skipped extremes.
-Parameters are counted exactly per sublayer.
+The regime is a prefill (batch x prompt) or a decode step (batch, with a KV cache of seq_len tokens).
+Parameters and weight bytes are exact per sublayer; KV-cache bytes per token too; "memory" is weights
+plus the KV cache at the regime's batch x seq_len tokens.
 """
 
 from __future__ import annotations
@@ -19,45 +21,78 @@ import torch
 
 from unast_core.adapters import Adapter
 from unast_core.config import RegimeConfig
-from unast_core.evaluate import interleaved_latency, prefill, regime_inputs
+from unast_core.evaluate import interleaved_latency, regime_inputs, regime_runner
+from unast_core.modeling_unast import applies, candidate_name, teacher_dims
 
 
-def build_lut(model: torch.nn.Module, pool: list[str], regime: RegimeConfig, warmup: int, repeats: int) -> dict[str, Any]:
+def build_lut(model: torch.nn.Module, pool: list[dict[str, Any]], regime: RegimeConfig, warmup: int,
+              repeats: int) -> dict[str, Any]:
     """Returns {"costs": {"latency": [[s per candidate] per sublayer], "params": [...]},
-    "fixed": {"latency": s, "params": n}, "teacher": {"latency": s, "params": n}, "measured": {...}}."""
+    "fixed": {"latency": s, "params": n}, "teacher": {"latency": s, "params": n}, "measured": {...}}.
+    A candidate that cannot replace a sublayer of some kind costs 0 there (the search never picks it)."""
     adapter = Adapter(model)
     device = next(model.parameters()).device
     ids = regime_inputs(regime, model.config.vocab_size, device)
-    variants: dict[str, dict[int, dict[str, str]]] = {"teacher": {}}
+    variants: dict[str, dict[int, dict[str, Any]]] = {"teacher": {}}
+    names = [candidate_name(spec) for spec in pool]
     for kind in ("attn", "mlp"):
-        for op in dict.fromkeys([*pool, "identity"]):  # identity is the baseline of every difference
-            if op != "teacher":
-                variants[f"{kind}:{op}"] = {s.index: {"op": op} for s in adapter.sublayers if s.kind == kind}
-
-    measured = interleaved_latency({name: _swapped_prefill(adapter, ids, c) for name, c in variants.items()},
+        for spec in [*pool, {"op": "identity"}]:  # identity is the baseline of every difference
+            if spec["op"] != "teacher" and applies(spec, kind):
+                variants[f"{kind}:{candidate_name(spec)}"] = {s.index: spec for s in adapter.sublayers if s.kind == kind}
+    measured = interleaved_latency({name: _swapped_run(adapter, ids, c, regime.kind) for name, c in variants.items()},
                                    warmup, repeats)
-    per_op = {kind: {op: _per_sublayer(measured, kind, op, adapter.n_blocks) for op in pool} for kind in ("attn", "mlp")}
-    latency = [[per_op[s.kind][op] for op in pool] for s in adapter.sublayers]
-    params = [[adapter.sublayer_params(s) if op == "teacher" else 0 for op in pool] for s in adapter.sublayers]
-    teacher = {"latency": measured["teacher"], "params": adapter.total_params()}
-    fixed = {"latency": teacher["latency"] - sum(row[0] for row in latency),
-             "params": teacher["params"] - sum(row[0] for row in params)}
-    return {"pool": pool, "regime": regime.model_dump(), "device": str(device), "costs": {"latency": latency, "params": params},
+    latency = [[_per_sublayer(measured, s.kind, name, adapter.n_blocks) if applies(spec, s.kind) else 0.0
+                 for spec, name in zip(pool, names)] for s in adapter.sublayers]
+    params = [[_params(adapter, s, spec) if applies(spec, s.kind) else 0 for spec in pool] for s in adapter.sublayers]
+    width = next(model.parameters()).element_size()
+    kv = [[_kv_bytes_per_token(spec, s.kind, model.config, width) if applies(spec, s.kind) else 0 for spec in pool]
+          for s in adapter.sublayers]
+    tokens = regime.batch_size * regime.seq_len
+    costs = {"latency": latency, "params": params,
+             "memory": [[p * width + k * tokens for p, k in zip(prow, krow)] for prow, krow in zip(params, kv)]}
+    teacher = {"latency": measured["teacher"], "params": adapter.total_params(),
+               "memory": adapter.total_params() * width + sum(row[0] for row in kv) * tokens}
+    fixed = {name: teacher[name] - sum(row[0] for row in rows) for name, rows in costs.items()}
+    return {"pool": pool, "names": names, "regime": regime.model_dump(), "device": str(device), "costs": costs,
+            "weight_bytes": [[p * width for p in row] for row in params], "kv_bytes_per_token": kv,
             "fixed": fixed, "teacher": teacher, "measured": measured}
 
 
-def _swapped_prefill(adapter: Adapter, ids: torch.Tensor, choices: dict[int, dict[str, Any]]):
-    """A zero-argument callable: one prefill of the adapter's model with `choices` swapped in."""
+def _kv_bytes_per_token(spec: dict[str, Any], kind: str, config: Any, width: int) -> int:
+    """KV-cache bytes one token adds at this sublayer: keys + values of its KV heads; a replaced attention
+    keeps a one-number placeholder per token (so the cache length stays right); MLPs keep nothing."""
+    if kind != "attn":
+        return 0
+    if spec["op"] == "teacher":
+        dims = teacher_dims(config)
+        return 2 * dims["kv_heads"] * dims["head_dim"] * width
+    if spec["op"] == "attention":
+        return 2 * spec["kv_heads"] * spec["head_dim"] * width
+    return 2 * width
+
+
+def _params(adapter: Adapter, sub: Any, spec: dict[str, Any]) -> int:
+    modules = adapter.build(sub.index, spec)
+    return sum(p.numel() for m in modules.values() for p in m.parameters())
+
+
+def _swapped_run(adapter: Adapter, ids: torch.Tensor, choices: dict[int, dict[str, Any]], kind: str):
+    """A zero-argument callable: one unit of the regime (prefill, or a decode step) of the adapter's model
+    with `choices` swapped in (replacement modules and any KV cache are built once, outside the timed call)."""
+    modules = {index: adapter.build(index, spec) for index, spec in choices.items()}
+    with adapter.installed(modules):
+        step = regime_runner(adapter.model, ids, kind)
+
     def run() -> None:
-        with adapter.swapped(choices):
-            prefill(adapter.model, ids)
+        with adapter.installed(modules):
+            step()
     return run
 
 
-def _per_sublayer(measured: dict[str, float], kind: str, op: str, n_blocks: int) -> float:
-    if op == "identity":
+def _per_sublayer(measured: dict[str, float], kind: str, name: str, n_blocks: int) -> float:
+    if name == "identity":
         return 0.0
-    all_op = measured["teacher"] if op == "teacher" else measured[f"{kind}:{op}"]
+    all_op = measured["teacher"] if name == "teacher" else measured[f"{kind}:{name}"]
     return max(all_op - measured[f"{kind}:identity"], 0.0) / n_blocks
 
 
@@ -77,8 +112,8 @@ def measure_ratios(model: torch.nn.Module, layer_sets: list[list[dict[str, Any]]
     def choices(layers: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
         return {s.index: layers[s.block][s.kind] for s in adapter.sublayers if layers[s.block][s.kind]["op"] != "teacher"}
 
-    variants = {"teacher": _swapped_prefill(adapter, ids, {})}
-    variants.update({f"arch{k}": _swapped_prefill(adapter, ids, choices(layers)) for k, layers in enumerate(layer_sets)})
+    variants = {"teacher": _swapped_run(adapter, ids, {}, regime.kind)}
+    variants.update({f"arch{k}": _swapped_run(adapter, ids, choices(layers), regime.kind) for k, layers in enumerate(layer_sets)})
     medians = interleaved_latency(variants, warmup, repeats)
     return [medians[f"arch{k}"] / medians["teacher"] for k in range(len(layer_sets))]
 

@@ -48,6 +48,21 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, batch_size: int) -> float
 
 
 @torch.inference_mode()
+def compare_to_teacher(student: nn.Module, teacher: nn.Module, tokens: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """One pass over tokens (N, T): both models' mean LM loss and the mean per-token KL(teacher || student)."""
+    device = next(student.parameters()).device
+    loss_t = loss_s = kl = 0.0
+    for start in range(0, len(tokens), batch_size):
+        ids = tokens[start:start + batch_size].to(device)
+        logits_t, logits_s = teacher(ids, use_cache=False).logits, student(ids, use_cache=False).logits
+        loss_t += lm_loss_terms(logits_t, ids).item()
+        loss_s += lm_loss_terms(logits_s, ids).item()
+        kl += kd_terms(logits_s, logits_t).item()
+    predicted = len(tokens) * (tokens.shape[1] - 1)
+    return {"teacher_loss": loss_t / predicted, "student_loss": loss_s / predicted, "kl": kl / tokens.numel()}
+
+
+@torch.inference_mode()
 def kl_to_teacher(student: nn.Module, teacher: nn.Module, tokens: torch.Tensor, batch_size: int) -> float:
     """Mean per-token KL(teacher || student) in nats."""
     device = next(student.parameters()).device
@@ -67,6 +82,21 @@ def regime_inputs(regime: RegimeConfig, vocab_size: int, device: torch.device | 
 def prefill(model: nn.Module, ids: torch.Tensor) -> None:
     """One prefill: the whole prompt, logits of the last position only (what generate() computes)."""
     model(ids, use_cache=False, logits_to_keep=1)
+
+
+@torch.inference_mode()
+def regime_runner(model: nn.Module, ids: torch.Tensor, kind: str) -> Callable[[], None]:
+    """A zero-argument callable running one unit of the regime: a prefill of `ids`, or (decode) one new
+    token with a KV cache holding `ids` as context (built here, untimed, and cropped back after each step)."""
+    if kind == "prefill":
+        return lambda: prefill(model, ids)
+    cache = model(ids, use_cache=True, logits_to_keep=1).cache
+    last = ids[:, -1:]
+
+    def step() -> None:
+        model(last, cache=cache, use_cache=True, logits_to_keep=1)
+        cache.crop(-1)
+    return step
 
 
 @torch.inference_mode()
@@ -93,8 +123,8 @@ def latency_vs_teacher(student: nn.Module, teacher: nn.Module, regime: RegimeCon
                        repeats: int) -> dict[str, float]:
     device = next(teacher.parameters()).device
     ids = regime_inputs(regime, teacher.config.vocab_size, device)
-    medians = interleaved_latency({"teacher": lambda: prefill(teacher, ids), "student": lambda: prefill(student, ids)},
-                                  warmup, repeats)
+    medians = interleaved_latency({"teacher": regime_runner(teacher, ids, regime.kind),
+                                   "student": regime_runner(student, ids, regime.kind)}, warmup, repeats)
     return {"teacher_s": medians["teacher"], "student_s": medians["student"],
             "latency_ratio": medians["student"] / medians["teacher"]}
 

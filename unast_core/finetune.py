@@ -57,11 +57,13 @@ def distill_loss(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, cfg:
 
 def finetune(student: nn.Module, teacher: nn.Module, train: torch.Tensor, validation: torch.Tensor,
              cfg: TrainConfig, seed: int = 0, eval_batch_size: int = 4,
-             on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
-    """Train `student` in place on train tokens (N, T); return losses, curve and wall time."""
+             on_step: Callable[[int, dict[str, float]], None] | None = None,
+             measure_before: bool = True) -> dict[str, Any]:
+    """Train `student` in place on train tokens (N, T); return losses, curve and wall time (the
+    validation loss before training is skipped, as None, with `measure_before=False`)."""
     torch.manual_seed(seed)
     started = time.perf_counter()
-    val_before = lm_loss(student, validation, eval_batch_size)
+    val_before = lm_loss(student, validation, eval_batch_size) if measure_before else None
     engine = make_engine(student, cfg)
     curve: list[dict[str, float]] = []
     student.train()

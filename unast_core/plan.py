@@ -39,8 +39,10 @@ def check_reachable(lut: dict[str, Any], budget: dict[str, float]) -> None:
         raise _infeasible(lut, budget, missed)
 
 
-def plan(scores: list[list[float]], lut: dict[str, Any], budget: dict[str, float], cfg: SearchConfig) -> dict[str, Any]:
-    """K diverse architectures under `budget` = {cost name: fraction of the teacher's cost} (Eq. 3-4)."""
+def plan(scores: list[list[float]], lut: dict[str, Any], budget: dict[str, float], cfg: SearchConfig,
+         weights: list[list[str | None]] | None = None) -> dict[str, Any]:
+    """K diverse architectures under `budget` = {cost name: fraction of the teacher's cost} (Eq. 3-4).
+    `weights[i][j]` is the trained weights file of candidate j at sublayer i (None if untrained)."""
     pool = lut["pool"]
     limits = _limits(lut, budget)
     costs = {name: lut["costs"][name] for name in budget}
@@ -54,6 +56,7 @@ def plan(scores: list[list[float]], lut: dict[str, Any], budget: dict[str, float
         architectures.append({
             "rank": rank, "choice": sol.choice, "layers": layers_from_choice(sol.choice, pool),
             "summary": describe(layers_from_choice(sol.choice, pool)), "score_sum": sol.objective,
+            "weights": {str(i): weights[i][j] for i, j in enumerate(sol.choice) if weights and weights[i][j]},
             "predicted": predicted,
             "predicted_ratio": {n: predicted[n] / lut["teacher"][n] for n in predicted},
         })

@@ -46,22 +46,36 @@ tokenizer = AutoTokenizer.from_pretrained("PATH", trust_remote_code=True)
 |---|---:|---:|---:|
 | test perplexity | {t['test_ppl']:.3f} | {s['test_ppl']:.3f} | {s['test_ppl'] / t['test_ppl']:.3f} |
 | parameters | {t['params']:,} | {s['params']:,} | {s['param_ratio']:.3f} |
-| prefill latency, s | {t['latency_s']:.4f} | {s['latency_s']:.4f} | {s['latency_ratio']:.3f} |
+| {regime.get('kind', 'prefill')} latency, s | {t['latency_s']:.4f} | {s['latency_s']:.4f} | {s['latency_ratio']:.3f} |
 
 KL(teacher || student) on the test split: {s['kl_to_teacher']:.4f} nats/token over {results.get('test_tokens', '?')} tokens.
-Latency: {regime.get('device', '?')}, prefill batch {regime.get('batch_size', '?')} x {regime.get('seq_len', '?')} tokens,
-last-token logits, median of interleaved repeats against the teacher in the same process.
+Latency: {regime.get('device', '?')}, {regime.get('kind', 'prefill')} batch {regime.get('batch_size', '?')} x {regime.get('seq_len', '?')}
+tokens (prefill: the prompt, last-token logits; decode: one token with that much context in the KV cache),
+median of interleaved repeats against the teacher in the same process.
 
 ## Architecture
 
-`{results.get('summary', '')}` (per block: attention then MLP; T = teacher, - = skipped)
+`{results.get('summary', '')}` (per block: attention then MLP; T teacher, - skipped, L linear, a / m downsized
+attention / MLP)
 
 {architecture_table(results['layers'])}
 
-## Sample (greedy)
+{_figure_links(results)}## Sample (greedy)
 
 {results.get('sample', '')!r}
 """
+
+
+def _prediction(results: dict[str, Any]) -> str:
+    predicted, error = results.get("predicted_ratio", {}).get("latency"), results.get("latency_prediction_error")
+    return "" if predicted is None or error is None else f"; predicted {predicted:.3f} ({100 * error:+.1f}%)"
+
+
+def _figure_links(results: dict[str, Any]) -> str:
+    figures = results.get("figures") or {}
+    if not figures:
+        return ""
+    return "## Figures\n\n" + "\n".join(f"![{name}]({path})" for name, path in figures.items()) + "\n\n"
 
 
 def console_summary(results: dict[str, Any]) -> str:
@@ -70,7 +84,8 @@ def console_summary(results: dict[str, Any]) -> str:
         f"budget          {', '.join(f'{k}={v:g}' for k, v in results['budget'].items())}",
         f"architecture    {results.get('summary', '')}",
         f"test perplexity teacher {t['test_ppl']:.3f}  student {s['test_ppl']:.3f}",
-        f"latency ratio   {s['latency_ratio']:.3f} (measured, prefill {results['regime']['batch_size']}x{results['regime']['seq_len']})",
+        f"latency ratio   {s['latency_ratio']:.3f} (measured, {results['regime'].get('kind', 'prefill')} "
+        f"{results['regime']['batch_size']}x{results['regime']['seq_len']}){_prediction(results)}",
         f"param ratio     {s['param_ratio']:.3f} ({s['params']:,} / {t['params']:,})",
         f"KL to teacher   {s['kl_to_teacher']:.4f} nats/token",
         f"export          {results['output']}",
@@ -80,3 +95,47 @@ def console_summary(results: dict[str, Any]) -> str:
         lines.append(f"mlflow          run {m['run_id']} in {m['tracking_uri']} (mlflow ui --backend-store-uri {m['tracking_uri']})")
     lines.append("wall time       " + ", ".join(f"{k} {v:.1f}s" for k, v in results["wall_s"].items()))
     return "\n".join(lines)
+
+
+def full_report(results: dict[str, Any]) -> str:
+    """`unast report DIR`: the summary, the architecture and the distillation table with the figures."""
+    parts = [console_summary(results), "", "## Architecture", "", architecture_table(results["layers"])]
+    distill = results.get("distill")
+    if distill:
+        parts += ["", "## Layer-wise distillation (normalized MSE on held-out tokens; skipping scores 1)", "",
+                  distill["table1"]]
+        if distill.get("failed"):
+            parts += ["", "failed candidates: " + "; ".join(distill["failed"])]
+    figures = results.get("figures") or {}
+    if figures:
+        parts += ["", "## Figures", ""] + [f"- {name}: {path}" for name, path in figures.items()]
+    return "\n".join(parts)
+
+
+def _positions(n_blocks: int) -> dict[str, int]:
+    return {"head": 0, "middle": n_blocks // 2, "tail": n_blocks - 1}
+
+
+def distill_summary(rows: list[dict[str, Any]], sublayers: list[str]) -> dict[str, Any]:
+    """From the distillation results: per-candidate local error per sublayer (the paper's Figure 4) and a
+    table like its Table 1 (error after distillation, at init, of skipping) at a head, middle and tail block."""
+    from unast_core.figures import markdown_table
+
+    errors: dict[str, list[float | None]] = {"identity": [1.0] * len(sublayers)}
+    by_key = {}
+    for row in rows:
+        errors.setdefault(row["candidate"], [None] * len(sublayers))[row["index"]] = row.get("nmse")
+        by_key[(row["index"], row["candidate"])] = row
+    n_blocks = len(sublayers) // 2
+    table = []
+    for kind in ("attn", "mlp"):
+        for where, block in _positions(n_blocks).items():
+            index = 2 * block + (kind == "mlp")
+            for (i, cand), row in sorted(by_key.items()):
+                if i == index:
+                    table.append([f"{cand}, {where} ({sublayers[index]})", row.get("nmse"), row.get("nmse_init"),
+                                  1.0, row.get("steps"), row.get("status")])
+    header = ["candidate, position", "NMSE distilled", "NMSE init", "NMSE skip", "steps", "status"]
+    failed = [f"{r['sublayer']}/{r['candidate']}: {r.get('error')}" for r in rows if r.get("status") != "ok"]
+    return {"errors": errors, "table1": markdown_table(header, table), "failed": failed,
+            "trained": len(rows), "reused": sum(bool(r.get("reused")) for r in rows)}

@@ -1,5 +1,9 @@
-"""Stage 3, score: e_ij of Eq. 2, the change in validation LM loss when only sublayer i is replaced
-by candidate j and every other sublayer stays the teacher's.
+"""Stage 3, score: e_ij of Eq. 2, how much worse the model gets when only sublayer i is replaced by
+candidate j and every other sublayer stays the teacher's. Metrics (`ScoreConfig.metric`):
+  lm_loss      change of the validation LM loss (the paper's)
+  kl           KL(teacher || model) of the next-token distributions, nats per token
+  hidden_nmse  normalized MSE of the final hidden state (after the final norm, what the head reads) against
+               the teacher's; the cheapest, as the LM head is never run (the paper scores by such an MSE)
 
 The model is run from the cached residual state entering sublayer i's block (stage 1), not from the
 embedding, so scoring a late sublayer costs a few blocks instead of the whole model.
@@ -16,41 +20,116 @@ import torch
 
 from unast_core.activations import load_boundary
 from unast_core.adapters import Adapter
-from unast_core.evaluate import lm_loss
+from unast_core.evaluate import kd_terms, lm_loss
+from unast_core.modeling_unast import applies
+from unast_core.operators import load_candidate_modules, needs_training
+from unast_core.store import read_tensors
 
 
 def score_sublayer(model: torch.nn.Module, tokens: torch.Tensor, states_dir: Path, index: int,
                    candidates: list[dict[str, Any]], base_loss: float, batch_size: int,
-                   on_candidate: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+                   weights: list[str | dict | None] | None = None,
+                   on_candidate: Callable[[int, float], None] | None = None, metric: str = "lm_loss") -> dict[str, Any]:
     """Scores of every candidate at sublayer `index` on validation tokens (N, T).
 
-    Returns {"scores": [e_i0, e_i1, ...], "losses": [...], "errors": [...], "wall_s": s}; the teacher
-    candidate scores 0 by definition and is not run. A candidate that fails or gives a non-finite loss
-    scores NaN with its error recorded (the search leaves it out); the others are unaffected.
+    `weights[j]` is the trained candidate's .safetensors, {"error": why} when its distillation failed,
+    or None for operators that are not trained. Returns {"scores": [e_i0, e_i1, ...], "losses": [...],
+    "errors": [...], "wall_s": s}; the teacher candidate scores 0 by definition and is not run. A
+    candidate that cannot replace this kind of sublayer scores NaN with no error; one that fails or gives
+    a non-finite loss scores NaN with its error recorded (the search leaves both out).
     """
     adapter = Adapter(model)
     sub = adapter.sublayers[index]
     hidden = load_boundary(states_dir, 2 * sub.block)  # (N, T, H) entering the block
     start_time = time.perf_counter()
+    measure = _metric(adapter, sub.block, hidden, tokens, states_dir, batch_size, metric)
+    base = base_loss if metric == "lm_loss" else 0.0
     scores, losses, errors = [], [], []
-    for j, spec in enumerate(candidates):
+    weights = weights or [None] * len(candidates)
+    for j, (spec, source) in enumerate(zip(candidates, weights)):
         error = None
         try:
             if spec["op"] == "teacher":
-                loss = base_loss
+                loss = base
+            elif not applies(spec, sub.kind):
+                loss = math.nan
+            elif isinstance(source, dict) or (needs_training(spec) and not source):
+                loss, error = math.nan, f"not distilled: {(source or {}).get('error', 'no trained weights')}"
             else:
-                with adapter.swapped({index: spec}):
-                    loss = lm_loss(model, tokens, batch_size, forward=_from_state(adapter, sub.block, hidden))
-            if not math.isfinite(loss):
+                modules = (load_candidate_modules(adapter, index, spec, read_tensors(Path(source))) if source
+                           else adapter.build(index, spec))
+                with adapter.installed({index: modules}):
+                    loss = measure()
+            if not math.isfinite(loss) and error is None and applies(spec, sub.kind):
                 error = f"non-finite loss {loss}"
         except Exception as exc:  # noqa: BLE001 - recorded per candidate by design
             loss, error = math.nan, f"{type(exc).__name__}: {exc}"
         losses.append(loss)
-        scores.append(math.nan if error else loss - base_loss)
+        scores.append(math.nan if error or not math.isfinite(loss) else loss - base)
         errors.append(error)
         if on_candidate:
             on_candidate(j, scores[-1])
-    return {"scores": scores, "losses": losses, "errors": errors, "wall_s": time.perf_counter() - start_time}
+    return {"scores": scores, "losses": losses, "errors": errors, "metric": metric, "wall_s": time.perf_counter() - start_time}
+
+
+class _Stop(Exception):
+    pass
+
+
+def _final_hidden(adapter: Adapter, block: int, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The last block's output when running from `hidden` entering `block` (the head is never run)."""
+    captured = {}
+
+    def stop(module: torch.nn.Module, args: tuple, output: Any) -> None:
+        captured["h"] = output[0] if isinstance(output, tuple) else output
+        raise _Stop
+
+    handle = adapter.blocks[-1].register_forward_hook(stop)
+    try:
+        with adapter.start_at(block, hidden):
+            adapter.model(ids, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return captured["h"]
+
+
+def _metric(adapter: Adapter, block: int, hidden: torch.Tensor, tokens: torch.Tensor, states_dir: Path,
+            batch_size: int, metric: str) -> Callable[[], float]:
+    """A zero-argument function measuring the model as currently swapped, from the state entering `block`."""
+    model = adapter.model
+    if metric == "lm_loss":
+        return lambda: lm_loss(model, tokens, batch_size, forward=_from_state(adapter, block, hidden))
+    batches = [(start, tokens[start:start + batch_size]) for start in range(0, len(tokens), batch_size)]
+    if metric == "hidden_nmse":
+        norm = model.get_submodule(adapter.family["final_norm"])
+        with torch.inference_mode():
+            final = norm(load_boundary(states_dir, 2 * adapter.n_blocks))
+
+        @torch.inference_mode()
+        def hidden_nmse() -> float:
+            err = tot = 0.0
+            for start, ids in batches:
+                target = final[start:start + len(ids)]
+                out = norm(_final_hidden(adapter, block, hidden[start:start + len(ids)], ids))
+                err += (out - target).double().pow(2).sum().item()
+                tot += target.double().pow(2).sum().item()
+            return err / tot
+        return hidden_nmse
+    if metric == "kl":
+        # The teacher's logits, run from the state entering its last block (one block + head per batch).
+        last = load_boundary(states_dir, 2 * (adapter.n_blocks - 1))
+        with torch.inference_mode():
+            teacher = [_from_state(adapter, adapter.n_blocks - 1, last)(ids, start) for start, ids in batches]
+
+        @torch.inference_mode()
+        def kl() -> float:
+            total = sum(kd_terms(_from_state(adapter, block, hidden)(ids, start), t).item()
+                        for (start, ids), t in zip(batches, teacher))
+            return total / tokens.numel()
+        return kl
+    raise ValueError(f"unknown score metric {metric!r}")
 
 
 def _from_state(adapter: Adapter, block: int, hidden: torch.Tensor):

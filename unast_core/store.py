@@ -121,7 +121,8 @@ def check_output_dir(path: Path) -> None:
     path = Path(path)
     if path.is_file():
         raise UnastError(f"output {path} is a file; give a directory path")
-    if path.is_dir() and any(path.iterdir()) and not (path / "results.json").exists():
+    if path.is_dir() and any(path.iterdir()) and not (path / "results.json").exists() \
+            and not (path / "family.json").exists():
         raise UnastError(f"output directory {path} exists and is not a UNAST export; choose a new or empty directory")
 
 

@@ -50,22 +50,37 @@ def test_smoke_run_exports_a_reloadable_faster_model_and_resumes(tmp_path):
     assert reload.returncode == 0, reload.stderr[-2000:]
     assert reload.stdout.strip().splitlines()[-1] == "5"
 
-    # A second budget reuses capture, scores and the cost table.
-    again = _unast(tmp_path, "--preset", "smoke", "--budget", "latency=0.6", "--output", str(tmp_path / "out2"))
+    assert results["distill"]["trained"] == 16 and not results["distill"]["failed"]
+    assert set(results["figures"]) == {"sublayer_errors", "cost_vs_score", "architecture"}
+    assert all((out / path).read_bytes()[:4] == b"\x89PNG" for path in results["figures"].values())
+    report = subprocess.run([sys.executable, "-m", "flows.cli", "report", str(out)], capture_output=True, text=True,
+                            env=_env(tmp_path), cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert report.returncode == 0 and "NMSE distilled" in report.stdout and "mlp-88, tail" in report.stdout
+
+    # A family of two more budgets: one model each, and capture, distillation, scores and the cost table
+    # are all reused.
+    family = tmp_path / "family"
+    again = _unast(tmp_path, "--preset", "smoke", "--budget", "latency=0.6,0.5", "--output", str(family))
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stdout + again.stderr
-    assert "(8 reused)" in log
-    second = json.loads((tmp_path / "out2" / "results.json").read_text())
-    assert second["predicted_ratio"]["latency"] <= 0.6 + 1e-9
+    assert "(8 reused)" in log and "distilled 16 candidates (16 reused, 0 failed" in log
+    assert "cost table reused" in log and "teacher states reused (validation), reused (calibration)" in log
+    assert json.loads((family / "family.json").read_text())["models"] == ["latency-0.6", "latency-0.5"]
+    for name, limit in (("latency-0.6", 0.6), ("latency-0.5", 0.5)):
+        model = json.loads((family / name / "results.json").read_text())
+        assert model["predicted_ratio"]["latency"] <= limit + 1e-9 and model["budget"] == {"latency": limit}
+    assert log.count("test perplexity") == 2
 
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "no-such-org/no-such-model"], "unknown model"),
     (["--budget", "latency=0"], "invalid config field 'budget'"),
     (["--budget", "latency=1.5"], "invalid config field 'budget'"),
-    (["--preset", "smoke", "--budget", "latency=0.01"], "smallest reachable is latency="),
+    (["--preset", "smoke", "--budget", "params=0.01"], "smallest reachable is params="),
     (["--preset", "smoke", "--set", "data.source=EMPTY"], "is empty"),
     (["--preset", "smoke", "--set", "data.seq_len=4096"], "longer than the model supports"),
+    (["--preset", "smoke", "--set", "pool.mlp=[{hidden: 1000}]"], "invalid config field 'pool.mlp.0.hidden'"),
+    (["--preset", "smoke", "--set", "pool.attention=[{heads: 3}]"], "invalid config field 'pool.attention.0.heads'"),
 ])
 def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     empty = tmp_path / "empty.txt"

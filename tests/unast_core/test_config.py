@@ -1,6 +1,6 @@
 import pytest
 
-from unast_core.config import PRESETS, build_config, parse_budget
+from unast_core.config import PRESETS, budget_name, build_config, parse_budget
 from unast_core.errors import UnastError
 
 
@@ -39,6 +39,20 @@ def test_parse_budget():
         parse_budget(["latency"])
     with pytest.raises(UnastError, match="not a number"):
         parse_budget(["latency=fast"])
+
+
+def test_budget_family():
+    budget = parse_budget(["latency=0.8,0.6,0.5", "params=0.9"])
+    assert budget == {"latency": [0.8, 0.6, 0.5], "params": 0.9}
+    cfg = build_config("smoke", overrides={"budget": budget})
+    assert cfg.budgets() == [{"latency": 0.8, "params": 0.9}, {"latency": 0.6, "params": 0.9},
+                             {"latency": 0.5, "params": 0.9}]
+    assert [budget_name(b) for b in cfg.budgets()][0] == "latency-0.8_params-0.9"
+    assert build_config("smoke", overrides={"budget": {"latency": [0.7, 0.7]}}).budgets() == [{"latency": 0.7}]
+    with pytest.raises(UnastError, match="invalid config field 'budget'"):
+        build_config("smoke", overrides={"budget": {"latency": [0.8, 1.2]}})
+    with pytest.raises(UnastError, match="invalid config field 'budget'"):
+        build_config("smoke", overrides={"budget": {"memory": []}})
 
 
 def test_unknown_preset_and_bad_file(tmp_path):

@@ -15,7 +15,7 @@ from unast_core.evaluate import interleaved_latency, kl_to_teacher, lm_loss
 from unast_core.finetune import Diverged, cosine_lr, finetune
 from unast_core.scoring import score_sublayer
 
-POOL = ["teacher", "identity"]
+POOL = [{"op": "teacher"}, {"op": "identity"}]
 
 
 def _tokens(n=4, seq=16, vocab=97, seed=0):
@@ -121,3 +121,58 @@ def test_measured_ratios_and_budget_correction():
     assert corrected_budget({"latency": 0.66, "params": 0.9}, [0.6, 0.6, 0.6], [0.66, 0.65, 0.67]) == pytest.approx(
         {"latency": 0.6, "params": 0.9})
     assert corrected_budget({"latency": 0.5}, [0.5], [0.4]) == {"latency": 0.5}
+
+
+@pytest.mark.parametrize("metric, model_type", [("kl", "llama"), ("hidden_nmse", "llama"), ("hidden_nmse", "gemma2"),
+                                                ("hidden_nmse", "gpt2")])
+def test_other_score_metrics_from_cached_state_equal_naive(tmp_path, metric, model_type):
+    from unast_core.evaluate import kd_terms
+    model = tiny_model(model_type)
+    tokens = _tokens()
+    meta = capture(model, tokens, tmp_path / "v", batch_size=2)
+    adapter = Adapter(model)
+    with torch.no_grad():
+        teacher_logits = model(tokens, use_cache=False).logits
+        final = load_boundary(tmp_path / "v", 6)
+    for index in (0, 3):
+        result = score_sublayer(model, tokens, tmp_path / "v", index, POOL, meta["loss"], 2, metric=metric)
+        with adapter.swapped({index: {"op": "identity"}}), torch.no_grad():
+            if metric == "kl":
+                naive = kd_terms(model(tokens, use_cache=False).logits, teacher_logits).item() / tokens.numel()
+            else:
+                sink = {}
+                handle = adapter.blocks[-1].register_forward_hook(
+                    lambda m, a, o: sink.setdefault("h", o[0] if isinstance(o, tuple) else o))
+                model(tokens, use_cache=False)
+                handle.remove()
+                norm = model.get_submodule(adapter.family["final_norm"])
+                out, target = norm(sink["h"]), norm(final)
+                naive = ((out - target).pow(2).sum() / target.pow(2).sum()).item()
+        assert result["scores"][0] == 0.0 and result["metric"] == metric
+        assert result["scores"][1] == pytest.approx(naive, rel=1e-4) and naive > 0
+
+
+def test_decode_lut_and_memory_costs():
+    from unast_core.cost import measure_ratios
+    model = tiny_model("llama")
+    pool = POOL + [{"op": "attention", "heads": 2, "kv_heads": 1, "head_dim": 8}, {"op": "mlp", "hidden": 24}]
+    regime = RegimeConfig(kind="decode", batch_size=2, seq_len=12)
+    lut = build_lut(model, pool, regime, warmup=1, repeats=3)
+    assert lut["regime"]["kind"] == "decode" and lut["teacher"]["latency"] > 0
+    # KV cache per token: teacher attention 2 x 2 KV heads x dim 8 x 4 bytes; 1 KV head downsized; 1-float stub if skipped
+    assert lut["kv_bytes_per_token"][0] == [128, 8, 64, 0] and lut["kv_bytes_per_token"][1] == [0, 0, 0, 0]
+    tokens = regime.batch_size * regime.seq_len
+    assert lut["costs"]["memory"][0][2] == lut["costs"]["params"][0][2] * 4 + 64 * tokens
+    assert predict(lut, [0] * 6)["memory"] == pytest.approx(lut["teacher"]["memory"])
+    assert measure_ratios(model, [layers_from_choice([1, 1] * 3, pool)], regime, 1, 3)[0] > 0
+
+
+def test_one_pass_comparison_equals_separate_measures():
+    from unast_core.evaluate import compare_to_teacher
+    teacher = tiny_model("llama")
+    student = build_student(teacher, layers_from_choice([1, 0, 0, 1, 0, 0], POOL))
+    tokens = _tokens()
+    both = compare_to_teacher(student, teacher, tokens, 3)
+    assert both["teacher_loss"] == pytest.approx(lm_loss(teacher, tokens, 4), rel=1e-5)
+    assert both["student_loss"] == pytest.approx(lm_loss(student, tokens, 4), rel=1e-5)
+    assert both["kl"] == pytest.approx(kl_to_teacher(student, teacher, tokens, 4), rel=1e-5) and both["kl"] > 0

@@ -7,7 +7,7 @@ from unast_core.errors import InfeasibleBudget
 from unast_core.plan import check_reachable, plan
 
 # 4 sublayers x {teacher, identity}; teacher total latency 10 = fixed 2 + 4 x 2.
-LUT = {"pool": ["teacher", "identity"], "costs": {"latency": [[2.0, 0.0]] * 4, "params": [[5, 0]] * 4},
+LUT = {"pool": [{"op": "teacher"}, {"op": "identity"}], "costs": {"latency": [[2.0, 0.0]] * 4, "params": [[5, 0]] * 4},
        "fixed": {"latency": 2.0, "params": 20}, "teacher": {"latency": 10.0, "params": 40}}
 SCORES = [[0.0, 0.4], [0.0, 0.1], [0.0, 0.3], [0.0, 0.2]]
 

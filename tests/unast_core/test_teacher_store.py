@@ -6,7 +6,12 @@ import torch
 from unast_core import teacher as teacher_mod
 from unast_core.errors import UnastError
 from unast_core.store import atomic_dir, atomic_path, content_key, read_json, write_json
-from unast_core.teacher import byte_tokenizer, check_teacher_spec, load_teacher, tiny_random_teacher
+from unast_core.teacher import (
+    byte_tokenizer,
+    check_teacher_spec,
+    load_teacher,
+    tiny_random_teacher,
+)
 
 
 def test_tiny_random_teacher_is_deterministic():
