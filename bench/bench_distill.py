@@ -47,7 +47,8 @@ def worker(args: argparse.Namespace) -> None:
     states = Path(args.work) / "calibration"
     if not is_captured(states):
         capture(model, build_splits(teacher.tokenizer, cfg.data)["calibration"][:cfg.distill.seqs].to(args.device), states, 4)
-    pool = resolve_pool(PoolConfig(ops=["teacher", "linear"], attention=[AttentionCandidate(heads=1 / 3)],
+    # `linear` is not here: its least-squares init is final (no gradient steps) for the (n)MSE losses.
+    pool = resolve_pool(PoolConfig(ops=["teacher"], attention=[AttentionCandidate(heads=1 / 3)],
                                    mlp=[MlpCandidate(hidden=0.5)]), model.config)
     adapter = Adapter(model)
     rows = []
