@@ -36,6 +36,10 @@ class Sublayer:
         return f"{self.block:02d}.{self.kind}"
 
 
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early (`Adapter.run_until`)."""
+
+
 class _Passthrough(nn.Module):
     """Stands in for a decoder block whose output is already known (cached residual state)."""
 
@@ -124,6 +128,31 @@ class Adapter:
                 self.blocks[b] = module
             if handle is not None:
                 handle.remove()
+
+    def run_until(self, block: int, hidden: torch.Tensor, module: nn.Module, output: bool = False) -> torch.Tensor:
+        """Run the model from the residual state `hidden` entering `block` and stop at `module`: return the
+        hidden states it receives (or, with `output`, returns). Nothing after that point runs."""
+        captured: dict[str, torch.Tensor] = {}
+
+        def on_input(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured["h"] = args[0] if args else kwargs["hidden_states"]
+            raise _Stop
+
+        def on_output(mod: nn.Module, args: tuple, out: Any) -> None:
+            captured["h"] = out[0] if isinstance(out, tuple) else out
+            raise _Stop
+
+        handle = module.register_forward_hook(on_output) if output else \
+            module.register_forward_pre_hook(on_input, with_kwargs=True)
+        ids = torch.zeros(hidden.shape[:2], dtype=torch.long, device=hidden.device)  # positions only
+        try:
+            with self.start_at(block, hidden):
+                self.model(ids, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return captured["h"]
 
     def boundary_hooks(self, sink: dict[int, list[torch.Tensor]]) -> list[torch.utils.hooks.RemovableHandle]:
         """Record the residual state at every sublayer boundary j = 0..2N into `sink[j]`.

@@ -10,7 +10,7 @@ from torch import nn
 
 from unast_core.adapters import Adapter
 from unast_core.modeling_unast import SUBLAYER_KINDS, UnastConfig, UnastForCausalLM
-from unast_core.operators import needs_training
+from unast_core.operators import load_candidate_state, needs_training
 from unast_core.store import read_tensors
 
 AUTO_MAP = {"AutoConfig": "modeling_unast.UnastConfig", "AutoModelForCausalLM": "modeling_unast.UnastForCausalLM"}
@@ -55,11 +55,7 @@ def build_student(teacher: nn.Module, layers: Layers, weights: dict[str, str] | 
             continue
         if sub.index not in given:
             raise RuntimeError(f"sublayer {sub.name} uses {spec['op']} but no trained weights were given")
-        state = read_tensors(Path(given[sub.index]))
-        for name, module in adapter.modules_of(sub).items():
-            part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
-            if part:
-                module.load_state_dict(part, strict=True)
+        load_candidate_state(adapter.modules_of(sub), read_tensors(Path(given[sub.index])))
     student.student.config._attn_implementation = teacher.config._attn_implementation
     return student.to(dtype=next(teacher.parameters()).dtype).eval()
 

@@ -56,21 +56,19 @@ class _Candidate(nn.Module):
 
 
 @torch.no_grad()
+def _predict(runner: SublayerRunner, modules: Modules | None, h: torch.Tensor, batch: int = 4) -> torch.Tensor:
+    """The sublayer's residual update for all of h, in batches (teacher modules when None)."""
+    return torch.cat([runner.delta(h[start:start + batch], modules) for start in range(0, len(h), batch)])
+
+
+def _nmse64(target: torch.Tensor, pred: torch.Tensor) -> float:
+    return (target - pred).double().pow(2).sum().item() / max(target.double().pow(2).sum().item(), 1e-30)
+
+
 def local_error(runner: SublayerRunner, modules: Modules | None, h: torch.Tensor, target: torch.Tensor,
                 batch: int = 4) -> float:
     """Normalized MSE of the sublayer's residual update over all of h (teacher modules when None)."""
-    err = tot = 0.0
-    for start in range(0, len(h), batch):
-        pred = runner.delta(h[start:start + batch], modules)
-        t = target[start:start + batch]
-        err += (t - pred).double().pow(2).sum().item()
-        tot += t.double().pow(2).sum().item()
-    return err / max(tot, 1e-30)
-
-
-@torch.no_grad()
-def _held_out_loss(runner: SublayerRunner, modules: Modules, h: torch.Tensor, target: torch.Tensor, loss_fn) -> float:
-    return loss_fn(target, torch.cat([runner.delta(h[i:i + 4], modules) for i in range(0, len(h), 4)])).item()
+    return _nmse64(target, _predict(runner, modules, h, batch))
 
 
 def distill(adapter: Adapter, index: int, spec: dict[str, Any], states_dir: Path, cfg: DistillConfig,
@@ -92,10 +90,11 @@ def distill(adapter: Adapter, index: int, spec: dict[str, Any], states_dir: Path
     model = _Candidate(runner, modules).train()
     model.requires_grad_(True)
     loss_fn = LOSSES[cfg.loss]
-    loss_init = _held_out_loss(runner, modules, eval_h, eval_t, loss_fn)
+    pred = _predict(runner, modules, eval_h)
     metrics: dict[str, Any] = {"status": "ok", "error": None, "loss_name": cfg.loss, "init": init,
-                               "nmse_identity": 1.0, "nmse_init": local_error(runner, modules, eval_h, eval_t),
-                               "params": sum(p.numel() for p in model.parameters()), "loss_init": loss_init}
+                               "nmse_identity": 1.0, "nmse_init": _nmse64(eval_t, pred),
+                               "params": sum(p.numel() for p in model.parameters()),
+                               "loss_init": loss_fn(eval_t, pred).item()}
     best, best_state, stale, curve = metrics["nmse_init"], copy.deepcopy(model.state_dict()), 0, []
     steps_done, train_s = 0, 0.0
     # A least-squares linear layer already minimises the (normalized) MSE on the training states.
@@ -135,7 +134,7 @@ def distill(adapter: Adapter, index: int, spec: dict[str, Any], states_dir: Path
     model.eval().requires_grad_(False)
     if not math.isfinite(best):
         metrics.update(status="failed", error=metrics["error"] or "non-finite local error")
-    metrics.update(nmse=best, loss=_held_out_loss(runner, model.modules_dict(), eval_h, eval_t, loss_fn), steps=steps_done,
+    metrics.update(nmse=best, loss=loss_fn(eval_t, _predict(runner, model.modules_dict(), eval_h)).item(), steps=steps_done,
                    early_stop=0 < steps_done < cfg.steps and metrics["status"] == "ok" and not closed_form,
                    tokens=steps_done * min(cfg.batch_size, len(train_h)) * h.shape[1], train_s=train_s, curve=curve,
                    engine=cfg.engine, wall_s=time.perf_counter() - started)

@@ -94,10 +94,6 @@ def needs_training(spec: dict[str, Any]) -> bool:
 # --- running one sublayer from a stored residual state ----------------------------------------------
 
 
-class _Stop(Exception):
-    pass
-
-
 class SublayerRunner:
     """Runs one sublayer of the teacher (or a candidate in its place) on residual states h (B, T, H) and
     returns what it adds to the residual stream. An MLP sublayer is called directly; an attention
@@ -126,22 +122,8 @@ class SublayerRunner:
                 if self.names[role] is not None:
                     x = modules[self.names[role]](x)
             return x
-        captured: dict[str, torch.Tensor] = {}
-
-        def stop(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            captured["h"] = args[0] if args else kwargs["hidden_states"]
-            raise _Stop
-
-        ids = torch.zeros(h.shape[:2], dtype=torch.long, device=h.device)
-        handle = getattr(self.block, self.adapter.family["mlp_pre"]).register_forward_pre_hook(stop, with_kwargs=True)
-        try:
-            with self.adapter.installed({self.index: modules}), self.adapter.start_at(self.sub.block, h):
-                self.adapter.model(ids, use_cache=False)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        return captured["h"] - h
+        with self.adapter.installed({self.index: modules}):
+            return self.adapter.run_until(self.sub.block, h, getattr(self.block, self.adapter.family["mlp_pre"])) - h
 
 
 def _record(module: nn.Module, sink: dict[str, list[torch.Tensor]], key: str, inputs: bool) -> Any:
@@ -309,10 +291,14 @@ def candidate_state(modules: Modules) -> dict[str, torch.Tensor]:
 
 def load_candidate_modules(adapter: Adapter, index: int, spec: dict[str, Any], state: dict[str, torch.Tensor]) -> Modules:
     """Rebuild a trained candidate's modules from its saved state (teacher norms are copied, not shared)."""
-    runner = SublayerRunner(adapter, index)
-    modules = own_copy(runner, adapter.build(index, spec))
+    modules = own_copy(SublayerRunner(adapter, index), adapter.build(index, spec))
+    load_candidate_state(modules, state)
+    return modules
+
+
+def load_candidate_state(modules: Modules, state: dict[str, torch.Tensor]) -> None:
+    """Load a `candidate_state` into modules of the same names (strict for every module with weights)."""
     for name, module in modules.items():
         part = {key[len(name) + 1:]: value for key, value in state.items() if key.startswith(name + ".")}
         if part or list(module.state_dict()):
             module.load_state_dict(part, strict=True)
-    return modules

@@ -72,29 +72,6 @@ def score_sublayer(model: torch.nn.Module, tokens: torch.Tensor, states_dir: Pat
     return {"scores": scores, "losses": losses, "errors": errors, "metric": metric, "wall_s": time.perf_counter() - start_time}
 
 
-class _Stop(Exception):
-    pass
-
-
-def _final_hidden(adapter: Adapter, block: int, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """The last block's output when running from `hidden` entering `block` (the head is never run)."""
-    captured = {}
-
-    def stop(module: torch.nn.Module, args: tuple, output: Any) -> None:
-        captured["h"] = output[0] if isinstance(output, tuple) else output
-        raise _Stop
-
-    handle = adapter.blocks[-1].register_forward_hook(stop)
-    try:
-        with adapter.start_at(block, hidden):
-            adapter.model(ids, use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return captured["h"]
-
-
 def _metric(adapter: Adapter, block: int, hidden: torch.Tensor, tokens: torch.Tensor, states_dir: Path,
             batch_size: int, metric: str) -> Callable[[], float]:
     """A zero-argument function measuring the model as currently swapped, from the state entering `block`."""
@@ -112,7 +89,7 @@ def _metric(adapter: Adapter, block: int, hidden: torch.Tensor, tokens: torch.Te
             err = tot = 0.0
             for start, ids in batches:
                 target = final[start:start + len(ids)]
-                out = norm(_final_hidden(adapter, block, hidden[start:start + len(ids)], ids))
+                out = norm(adapter.run_until(block, hidden[start:start + len(ids)], adapter.blocks[-1], output=True))
                 err += (out - target).double().pow(2).sum().item()
                 tot += target.double().pow(2).sum().item()
             return err / tot
