@@ -141,8 +141,10 @@ def _build_model(prep: dict, config: RunConfig, budget: dict[str, float], name: 
         if "latency" in budget:
             found, archs = _hold_latency_budget(prep, config, budget, scores_path, lut_path, found, log)
     for arch in archs:
-        log.info("architecture %d: %s predicted %s measured latency %.3f", arch["rank"], arch["summary"],
-                 {k: round(v, 3) for k, v in arch["predicted_ratio"].items()}, arch.get("measured_ratio", float("nan")))
+        log.info("architecture %d: %s predicted %s (table %s) measured latency %.3f", arch["rank"], arch["summary"],
+                 {k: round(v, 3) for k, v in arch["predicted_ratio"].items()},
+                 {k: round(v, 3) for k, v in arch.get("table_ratio", {}).items() if k == "latency"},
+                 arch.get("measured_ratio", float("nan")))
     tracker.stage(f"{name}/search", metrics={"solutions": len(archs)}, files=[found["path"]],
                   dicts={"architectures.json": archs})
     # Select: short finetune of each architecture, best validation loss wins
@@ -178,6 +180,7 @@ def _build_model(prep: dict, config: RunConfig, budget: dict[str, float], name: 
         "budget": budget, "pool": [candidate_name(spec) for spec in pool], **measured,
         "distill": summary, "figures": {k: f"figures/{Path(v).name}" for k, v in model_figures.items()},
         "summary": best_arch["summary"], "layers": best_arch["layers"], "predicted_ratio": best_arch["predicted_ratio"],
+        "table_ratio": best_arch.get("table_ratio"),
         "search_measured_latency_ratio": best_arch.get("measured_ratio"),
         "latency_prediction_error": measured["student"]["latency_ratio"] / best_arch["predicted_ratio"]["latency"] - 1
         if "latency" in best_arch["predicted_ratio"] else None,
@@ -227,7 +230,14 @@ def compress(config: RunConfig) -> dict[str, Any]:
         lut = read_json(lut_ref["path"])
         log.info("cost table %s (%s, %s %dx%d)", "reused" if lut_ref["reused"] else "measured", lut["device"],
                  lut["regime"]["kind"], lut["regime"]["batch_size"], lut["regime"]["seq_len"])
-        tracker.stage("cost", params={"reused": lut_ref["reused"]}, metrics={"teacher": lut["teacher"], "fixed": lut["fixed"]},
+        fit = lut.get("calibration", {}).get("latency")
+        if fit:
+            log.info("latency calibration: measured = %.3f + %.3f x table (%d architectures, largest residual %.3f)",
+                     fit["intercept"], fit["slope"], len(fit["points"]), fit["max_abs_residual"])
+        tracker.stage("cost", params={"reused": lut_ref["reused"]},
+                      metrics={"teacher": lut["teacher"], "fixed": lut["fixed"],
+                               **({"calibration": {k: fit[k] for k in ("intercept", "slope", "max_abs_residual")}}
+                                  if fit else {})},
                       files=[lut_ref["path"]])
         for budget in budgets:
             check_budget(lut_ref["path"], budget)

@@ -26,7 +26,7 @@ def cost_table(prep: dict, teacher_cfg: TeacherConfig, pool: list[dict], cfg: Co
         return {"path": str(path), "reused": True}
     model = teacher_for(teacher_cfg).model
     with on_device(device, model):
-        lut = build_lut(model, pool, cfg.regime, cfg.warmup, cfg.repeats)
+        lut = build_lut(model, pool, cfg.regime, cfg.warmup, cfg.repeats, cfg.calibration_samples)
     write_json(path, lut)
     return {"path": str(path), "reused": False}
 

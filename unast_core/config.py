@@ -128,6 +128,8 @@ class CostConfig(_Strict):
     warmup: int = Field(2, ge=0)
     repeats: int = Field(11, gt=0, description="interleaved repeats; the median is kept")
     threads: int | None = Field(None, description="torch CPU threads while timing; default: all")
+    calibration_samples: int = Field(12, ge=0, description="random architectures timed to calibrate the "
+                                     "table's latency prediction (0: use the table as it is)")
 
 
 class SearchConfig(_Strict):

@@ -7,23 +7,25 @@ from typing import Any
 
 from unast_core.assemble import describe, layers_from_choice
 from unast_core.config import SearchConfig
-from unast_core.cost import predict
+from unast_core.cost import calibrated_ratio, predict, table_fraction
 from unast_core.errors import InfeasibleBudget, UnastError
 from unast_core.search import min_reachable, solve
 
 
 def _limits(lut: dict[str, Any], budget: dict[str, float]) -> dict[str, float]:
-    """Budget fractions -> absolute limits on the sublayer costs: fraction * teacher - fixed part."""
+    """Budget fractions -> absolute limits on the sublayer costs: fraction * teacher - fixed part, where the
+    fraction is first mapped back through the table's latency calibration."""
     limits = {}
     for name, fraction in budget.items():
         if name not in lut["costs"]:
             raise UnastError(f"no '{name}' cost was measured; budgets available: {', '.join(lut['costs'])}")
-        limits[name] = fraction * lut["teacher"][name] - lut["fixed"][name]
+        limits[name] = table_fraction(lut, name, fraction) * lut["teacher"][name] - lut["fixed"][name]
     return limits
 
 
 def _infeasible(lut: dict[str, Any], budget: dict[str, float], reachable_abs: dict[str, float]) -> InfeasibleBudget:
-    reachable = {name: (value + lut["fixed"][name]) / lut["teacher"][name] for name, value in reachable_abs.items()}
+    reachable = {name: calibrated_ratio(lut, name, (value + lut["fixed"][name]) / lut["teacher"][name])
+                 for name, value in reachable_abs.items()}
     asked = ", ".join(f"{n}={budget[n]:g}" for n in reachable)
     smallest = ", ".join(f"{n}={math.ceil(v * 1000) / 1000:g}" for n, v in reachable.items())
     return InfeasibleBudget(f"budget {asked} cannot be met with pool {lut['pool']}: the smallest reachable is "
@@ -58,6 +60,7 @@ def plan(scores: list[list[float]], lut: dict[str, Any], budget: dict[str, float
             "summary": describe(layers_from_choice(sol.choice, pool)), "score_sum": sol.objective,
             "weights": {str(i): weights[i][j] for i, j in enumerate(sol.choice) if weights and weights[i][j]},
             "predicted": predicted,
-            "predicted_ratio": {n: predicted[n] / lut["teacher"][n] for n in predicted},
+            "predicted_ratio": {n: calibrated_ratio(lut, n, predicted[n] / lut["teacher"][n]) for n in predicted},
+            "table_ratio": {n: predicted[n] / lut["teacher"][n] for n in predicted},
         })
     return {"budget": budget, "limits": limits, "architectures": architectures}

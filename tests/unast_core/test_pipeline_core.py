@@ -60,8 +60,12 @@ def test_a_failing_candidate_scores_nan_and_others_survive(tmp_path):
 
 def test_lut_shape_and_exact_prediction_at_the_extremes():
     model = tiny_model("llama")
-    lut = build_lut(model, POOL, RegimeConfig(batch_size=1, seq_len=16), warmup=1, repeats=3)
+    lut = build_lut(model, POOL, RegimeConfig(batch_size=1, seq_len=16), warmup=1, repeats=3, calibration_samples=4)
     n = len(Adapter(model).sublayers)
+    fit = lut["calibration"]["latency"]
+    assert len(fit["points"]) == 5 and fit["points"][-1] == [1.0, 1.0] and fit["slope"] > 0  # 4 samples + teacher
+    tables = [t for t, _ in fit["points"][:4]]
+    assert tables[0] > tables[-1] and all(0 < t <= 1 for t in tables)  # from mostly-teacher to mostly-skipped
     assert len(lut["costs"]["latency"]) == n and all(len(row) == 2 for row in lut["costs"]["latency"])
     assert all(row[1] == 0 for row in lut["costs"]["params"])
     teacher = predict(lut, [0] * n)

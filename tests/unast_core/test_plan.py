@@ -35,3 +35,23 @@ def test_failed_candidates_are_never_chosen():
     scores[1][1] = math.nan
     best = plan(scores, LUT, {"latency": 0.6}, SearchConfig())["architectures"][0]
     assert best["choice"][1] == 0
+
+
+def test_calibration_maps_the_budget_and_the_reported_prediction():
+    from unast_core.cost import calibrated_ratio, fit_calibration, table_fraction
+
+    fit = fit_calibration([0.4, 0.6, 0.8, 1.0], [0.3, 0.55, 0.8, 1.05])  # measured = -0.2 + 1.25 x table, exactly
+    assert fit["slope"] == pytest.approx(1.25) and fit["intercept"] == pytest.approx(-0.2)
+    assert fit["max_abs_residual"] == pytest.approx(0.0, abs=1e-12)
+    assert fit_calibration([0.5, 0.5], [0.4, 0.6])["slope"] == 1.0  # no spread: identity, never a division by 0
+    assert fit_calibration([0.4, 0.8], [0.9, 0.5]) | {"points": None} == {
+        "intercept": 0.0, "slope": 1.0, "max_abs_residual": pytest.approx(0.5), "points": None}  # decreasing: identity
+    lut = {**LUT, "calibration": {"latency": fit}}
+    assert table_fraction(lut, "latency", calibrated_ratio(lut, "latency", 0.7)) == pytest.approx(0.7)
+    assert table_fraction(lut, "params", 0.5) == 0.5  # only latency is calibrated
+    # measured 0.55 at table 0.6: budget 0.55 gets the same choice as an uncalibrated 0.6, reported as 0.55
+    best = plan(SCORES, lut, {"latency": 0.55}, SearchConfig(k=1))["architectures"][0]
+    assert best["choice"] == [0, 1, 0, 1]
+    assert best["table_ratio"]["latency"] == pytest.approx(0.6) and best["predicted_ratio"]["latency"] == pytest.approx(0.55)
+    with pytest.raises(InfeasibleBudget, match="smallest reachable is latency=0.05"):  # -0.2 + 1.25 x 0.2, calibrated
+        check_reachable(lut, {"latency": 0.01})
