@@ -55,6 +55,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--budget", action="append", default=[],
                      help="e.g. latency=0.75; latency=0.8,0.6,0.5 builds one model per value "
                      "into DIR/latency-0.8/ ...; repeat the flag for several constraints at once")
+    run.add_argument("--method", help="unast (default) or a baseline: unast-depth, shortgpt, shortened-llama, uniform, "
+                     "random-init")
     run.add_argument("--output", help="directory for the exported checkpoint and results.json")
     run.add_argument("--config", type=Path, help="YAML file of settings")
     run.add_argument("--home", help="run store and MLflow database (default .unast)")
@@ -77,6 +79,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         overrides["budget"] = parse_budget(args.budget)
     if args.output:
         overrides["output"] = args.output
+    if args.method:
+        overrides["method"] = args.method
     if args.home:
         overrides["home"] = args.home
     return overrides

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.methods import choose
 from tasks.capture import capture_states
 from tasks.common import progress
 from tasks.cost import cost_table, resolve_device, verify_latency
@@ -23,7 +24,7 @@ from tasks.score import score, score_table
 from tasks.search import check_budget, search
 from tasks.tracking import Tracker
 from tasks.train import train
-from unast_core.config import RunConfig, budget_name
+from unast_core.config import PoolConfig, RunConfig, budget_name
 from unast_core.cost import corrected_budget
 from unast_core.errors import InfeasibleBudget, UnastError
 from unast_core.figures import (
@@ -32,6 +33,7 @@ from unast_core.figures import (
     spec_label,
     sublayer_error_chart,
 )
+from unast_core.findings import sensitivity_chart
 from unast_core.modeling_unast import applies, candidate_name
 from unast_core.operators import needs_training
 from unast_core.report import distill_summary
@@ -129,11 +131,10 @@ def _scatter_points(table: dict, lut: dict) -> list[dict]:
     return points
 
 
-def _build_model(prep: dict, config: RunConfig, budget: dict[str, float], name: str, out_dir: Path, scores_path: str,
-                 lut_path: str, summary: dict, figures: dict[str, str], tracker: Tracker, log, device: str,
-                 wall: dict[str, float]) -> dict[str, Any]:
-    """Stages 5-8 for one budget of the family: search, select, finetune, evaluate, export to `out_dir`."""
-    pool = prep["pool"]
+def _choose_unast(prep: dict, config: RunConfig, budget: dict[str, float], name: str, scores_path: str, lut_path: str,
+                  tracker: Tracker, log, device: str, wall: dict[str, float]) -> dict[str, Any]:
+    """Stages 5-6 for one budget: search K architectures, hold the latency budget, short-finetune each,
+    keep the best. Returns the finetune plan for `_finish_model`."""
     # Search
     with _timed(wall, "search"):
         found = search(prep, scores_path, lut_path, budget, config.search)
@@ -161,38 +162,47 @@ def _build_model(prep: dict, config: RunConfig, budget: dict[str, float], name: 
         raise UnastError("every candidate architecture diverged in the short finetune; lower select.lr_max")
     best, best_arch = min(ok, key=lambda pair: pair[0]["val_loss"])
     log.info("selected architecture %d (val loss %.4f)", best_arch["rank"], best["val_loss"])
-    # Finetune the winner
+    return {"arch": best_arch, "init": best["weights"], "candidates": best_arch["weights"], "finetune": config.finetune,
+            "chart": Path(found["path"]).with_suffix(f".arch{best_arch['rank']}.png"), "stem": Path(found["path"]).stem,
+            "results": {"search_measured_latency_ratio": best_arch.get("measured_ratio"),
+                        "select": [{"rank": a["rank"], "summary": a["summary"], "status": t["status"],
+                                    "val_loss": t.get("val_loss")} for a, t in zip(archs, trials)]}}
+
+
+def _finish_model(prep: dict, config: RunConfig, budget: dict[str, float], name: str, out_dir: Path, plan: dict,
+                  summary: dict | None, figures: dict[str, str], tracker: Tracker, log, device: str,
+                  wall: dict[str, float]) -> dict[str, Any]:
+    """Stages 7-8 for one chosen architecture: finetune, evaluate, export to `out_dir` (every method)."""
+    arch = plan["arch"]
     with _timed(wall, "finetune"):
-        final = train(prep, config.teacher, best_arch["layers"], best_arch["weights"], best["weights"], config.finetune,
+        final = train(prep, config.teacher, arch["layers"], plan["candidates"], plan["init"], plan["finetune"],
                       config.seed, config.evaluate.batch_size, "finetune", device)
     if final["status"] != "ok":
         raise UnastError(f"the final finetune failed: {final['error']}")
     tracker.stage(f"{name}/finetune", metrics={k: final[k] for k in ("val_loss_before", "val_loss", "wall_s")},
                   curve=final["curve"])
     model_figures = {**figures, "architecture": architecture_chart(
-        best_arch["layers"], prep["dims"], Path(found["path"]).with_suffix(f".arch{best_arch['rank']}.png"),
-        f"{name}: {best_arch['summary']}")}
-    # Evaluate + export
+        arch["layers"], prep["dims"], plan["chart"], f"{config.method} {name}: {arch['summary']}")}
     with _timed(wall, "evaluate"):
         measured = evaluate(prep, config.teacher, final, config.evaluate, config.cost)
+    predicted = arch.get("predicted_ratio") or {}
     results = {
-        "name": f"UNAST student of {prep['source']}", "teacher_source": prep["source"], "preset": config.preset,
-        "budget": budget, "pool": [candidate_name(spec) for spec in pool], **measured,
+        "name": f"{'UNAST' if config.method == 'unast' else config.method} student of {prep['source']}",
+        "method": config.method, "teacher_source": prep["source"], "preset": config.preset,
+        "budget": budget, "pool": [candidate_name(spec) for spec in prep["pool"]], **measured,
         "distill": summary, "figures": {k: f"figures/{Path(v).name}" for k, v in model_figures.items()},
-        "summary": best_arch["summary"], "layers": best_arch["layers"], "predicted_ratio": best_arch["predicted_ratio"],
-        "table_ratio": best_arch.get("table_ratio"),
-        "search_measured_latency_ratio": best_arch.get("measured_ratio"),
-        "latency_prediction_error": measured["student"]["latency_ratio"] / best_arch["predicted_ratio"]["latency"] - 1
-        if "latency" in best_arch["predicted_ratio"] else None,
-        "select": [{"rank": a["rank"], "summary": a["summary"], "status": t["status"], "val_loss": t.get("val_loss")}
-                   for a, t in zip(archs, trials)],
+        "summary": arch["summary"], "layers": arch["layers"], "predicted_ratio": predicted,
+        "table_ratio": arch.get("table_ratio"),
+        "latency_prediction_error": measured["student"]["latency_ratio"] / predicted["latency"] - 1
+        if "latency" in predicted else None,
+        **plan["results"],
         "finetune": {k: final[k] for k in ("val_loss_before", "val_loss", "steps", "tokens")},
         "output": str(out_dir.resolve()), "run_dir": prep["run_dir"],
         "mlflow": {"tracking_uri": tracker.uri, "run_id": tracker.parent_id, "experiment": "unast"},
         "wall_s": wall,
     }
     with _timed(wall, "export"):
-        final_dir = Path(prep["run_dir"]) / "final" / Path(found["path"]).stem
+        final_dir = Path(prep["run_dir"]) / "final" / plan["stem"]
         exported = export(prep, config.teacher, final, results, str(final_dir), config.evaluate.generate_tokens)
         results["sample"] = exported["sample"]
         copy_tree(final_dir, out_dir)
@@ -203,18 +213,59 @@ def _build_model(prep: dict, config: RunConfig, budget: dict[str, float], name: 
     return results
 
 
+def _distill_and_score(prep: dict, states: dict, calib: dict, config: RunConfig, lut: dict, tracker: Tracker, log,
+                       wall: dict[str, float]) -> tuple[str, dict, dict[str, str]]:
+    """Stages 2-3: distil every trained candidate, score every (sublayer, candidate). Returns the score
+    table's path, the distillation summary and the figures made so far."""
+    pool = prep["pool"]
+    # Distill: one task per (sublayer, trained candidate)
+    with _timed(wall, "distill"):
+        weights, distilled = _distill_all(prep, calib, config, log)
+    summary = distill_summary(distilled, prep["sublayers"])
+    figures = {"sublayer_errors": sublayer_error_chart(
+        summary["errors"], Path(prep["run_dir"]) / "reports" / f"errors-{Path(calib['dir']).name}.png",
+        "Local normalized MSE per sublayer (Figure 4)")} if distilled else {}
+    tracker.stage("distill", params={"reused": summary["reused"], "trained": summary["trained"],
+                                     "failed": len(summary["failed"])},
+                  dicts={"distill.json": distilled, "table1.md": summary["table1"]}, files=list(figures.values()))
+    # Score (one task per sublayer, all its candidates)
+    with _timed(wall, "score"):
+        futures = score.map(unmapped(prep), unmapped(states), unmapped(config.teacher), range(len(prep["sublayers"])),
+                            unmapped(pool), weights, unmapped(config.score))
+        bar = progress(len(futures), "score sublayers")
+        rows = []
+        for future in futures:
+            rows.append(future.result())
+            bar.update(1)
+        bar.close()
+        scores_path = score_table(prep, rows, pool, weights)
+    reused = sum(r["reused"] for r in rows)
+    log.info("scored %d sublayers x %d candidates (%d reused)", len(rows), len(pool), reused)
+    figures["cost_vs_score"] = cost_score_scatter(
+        _scatter_points(read_json(scores_path), lut), Path(scores_path).with_suffix(".scatter.png"),
+        f"Candidates: latency vs score ({lut['device']}, {lut['regime']['kind']})")
+    tracker.stage("score", params={"reused_sublayers": reused},
+                  files=[scores_path, scores_path.replace(".json", ".parquet"), figures["cost_vs_score"]])
+    figures["sensitivity"] = sensitivity_chart(read_json(scores_path), Path(scores_path).with_suffix(".sensitivity.png"),
+                                               "Score of skipping (and linear) per block")
+    return scores_path, summary, figures
+
+
 # One worker: tasks share the in-process teacher and the CPU; scale-out swaps the task runner.
 @flow(name="unast-compress", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
 def compress(config: RunConfig) -> dict[str, Any]:
     log = get_run_logger()
     home = str(Path(config.home).resolve())
     tracker = Tracker(Path(home))
+    if config.method == "unast-depth":  # UNAST restricted to depth: keep or skip each sublayer
+        config = config.model_copy(update={"pool": PoolConfig(ops=["teacher", "identity"], attention=[], mlp=[])})
     budgets = config.budgets()
     check_output_dir(Path(config.output))
     if len(budgets) > 1:
         for budget in budgets:
             check_output_dir(Path(config.output) / budget_name(budget))
-    tracker.start(f"{config.preset}-{'+'.join(budget_name(b) for b in budgets)}", config.model_dump(mode="json"))
+    tracker.start(f"{config.method}-{config.preset}-{'+'.join(budget_name(b) for b in budgets)}",
+                  config.model_dump(mode="json"))
     wall: dict[str, float] = {}
     device = resolve_device(config.cost.device)  # the target device: timing, training and evaluation run there
     try:
@@ -249,42 +300,30 @@ def compress(config: RunConfig) -> dict[str, Any]:
                  "reused" if calib["reused"] else "captured")
         tracker.stage("capture", metrics={"teacher_val_loss": states["loss"]},
                       params={"reused": states["reused"] and calib["reused"]})
-        # Distill: one task per (sublayer, trained candidate)
-        with _timed(wall, "distill"):
-            weights, distilled = _distill_all(prep, calib, config, log)
-        summary = distill_summary(distilled, prep["sublayers"])
-        figures = {"sublayer_errors": sublayer_error_chart(
-            summary["errors"], Path(prep["run_dir"]) / "reports" / f"errors-{Path(calib['dir']).name}.png",
-            "Local normalized MSE per sublayer (Figure 4)")} if distilled else {}
-        tracker.stage("distill", params={"reused": summary["reused"], "trained": summary["trained"],
-                                         "failed": len(summary["failed"])},
-                      dicts={"distill.json": distilled, "table1.md": summary["table1"]}, files=list(figures.values()))
-        # Score (one task per sublayer, all its candidates)
-        with _timed(wall, "score"):
-            futures = score.map(unmapped(prep), unmapped(states), unmapped(config.teacher), range(len(prep["sublayers"])),
-                                unmapped(pool), weights, unmapped(config.score))
-            bar = progress(len(futures), "score sublayers")
-            rows = []
-            for future in futures:
-                rows.append(future.result())
-                bar.update(1)
-            bar.close()
-            scores_path = score_table(prep, rows, pool, weights)
-        reused = sum(r["reused"] for r in rows)
-        log.info("scored %d sublayers x %d candidates (%d reused)", len(rows), len(pool), reused)
-        figures["cost_vs_score"] = cost_score_scatter(
-            _scatter_points(read_json(scores_path), lut), Path(scores_path).with_suffix(".scatter.png"),
-            f"Candidates: latency vs score ({lut['device']}, {lut['regime']['kind']})")
-        tracker.stage("score", params={"reused_sublayers": reused},
-                      files=[scores_path, scores_path.replace(".json", ".parquet"), figures["cost_vs_score"]])
+        searches = config.method in ("unast", "unast-depth") or (
+            config.method == "random-init" and config.baseline.architecture is None)
+        scores_path, summary, figures = (_distill_and_score(prep, states, calib, config, lut, tracker, log, wall)
+                                         if searches else (None, None, {}))
         if len(budgets) > 1:  # marks DIR as a family export before any model lands in it
             write_json(Path(config.output) / "family.json", {"budgets": budgets, "models": []})
         results = []
         for budget in budgets:
             name = budget_name(budget)
             out_dir = Path(config.output) / name if len(budgets) > 1 else Path(config.output)
-            results.append(_build_model(prep, config, budget, name, out_dir, scores_path, lut_ref["path"], summary,
-                                        figures, tracker, log, device, dict(wall)))
+            model_wall = dict(wall)
+            if config.method in ("unast", "unast-depth"):
+                plan = _choose_unast(prep, config, budget, name, scores_path, lut_ref["path"], tracker, log, device,
+                                     model_wall)
+            else:
+                with _timed(model_wall, "search"):
+                    plan = choose(prep, config, budget, lut, lut_ref["path"], states, calib, scores_path, log)
+                tracker.stage(f"{name}/{config.method}", params={"summary": plan["arch"]["summary"]},
+                              metrics={"measured_latency": plan["arch"]["measured_ratio"]},
+                              dicts={"choice.json": plan["results"]})
+            if scores_path:
+                plan["results"]["scores_path"] = scores_path
+            results.append(_finish_model(prep, config, budget, name, out_dir, plan, summary, figures, tracker, log,
+                                         device, model_wall))
         if len(budgets) > 1:
             family = {"budgets": [r["budget"] for r in results], "models": [Path(r["output"]).name for r in results]}
             write_json(Path(config.output) / "family.json", family)

@@ -127,6 +127,17 @@ def _kv_bytes_per_token(spec: dict[str, Any], kind: str, config: Any, width: int
     return 2 * width
 
 
+def architecture_params(model: torch.nn.Module, layers: list[dict[str, Any]]) -> int:
+    """Exact parameter count of the teacher with its sublayers replaced as `layers` says."""
+    adapter = Adapter(model)
+    total = adapter.total_params()
+    for sub in adapter.sublayers:
+        spec = layers[sub.block][sub.kind]
+        if spec["op"] != "teacher":
+            total += _params(adapter, sub, spec) - adapter.sublayer_params(sub)
+    return total
+
+
 def _params(adapter: Adapter, sub: Any, spec: dict[str, Any]) -> int:
     modules = adapter.build(sub.index, spec)
     return sum(p.numel() for m in modules.values() for p in m.parameters())

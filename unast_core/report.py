@@ -23,13 +23,17 @@ def model_card(results: dict[str, Any]) -> str:
     budget = ", ".join(f"{k} <= {v:g}" for k, v in results["budget"].items())
     kept = sum(layer[k]["op"] == "teacher" for layer in results["layers"] for k in SUBLAYER_KINDS)
     regime = results.get("regime", {})
+    method = results.get("method", "unast")
+    how = ("UNAST (layer-wise replacement + ILP search" if method == "unast"
+           else f"the `{method}` baseline of UNAST (for comparison")
+    findings = "\n".join(_findings_section(results)).strip()
     return f"""---
 library_name: transformers
 tags: [unast, compressed, nas]
 ---
 # {results.get('name', 'UNAST student')}
 
-Compressed from `{results.get('teacher_source', '?')}` by UNAST (layer-wise replacement + ILP search,
+Compressed from `{results.get('teacher_source', '?')}` by {how},
 budget {budget}, pool {results.get('pool')}). {kept} of {2 * len(results['layers'])} sublayers are the teacher's.
 
 Load it (the modeling code ships with the checkpoint):
@@ -60,7 +64,7 @@ attention / MLP)
 
 {architecture_table(results['layers'])}
 
-{_figure_links(results)}## Sample (greedy)
+{_figure_links(results)}{findings + chr(10) * 2 if findings else ""}## Sample (greedy)
 
 {results.get('sample', '')!r}
 """
@@ -83,6 +87,7 @@ def _figure_links(results: dict[str, Any]) -> str:
 def console_summary(results: dict[str, Any]) -> str:
     t, s = results["teacher"], results["student"]
     lines = [
+        f"method          {results.get('method', 'unast')}",
         f"budget          {', '.join(f'{k}={v:g}' for k, v in results['budget'].items())}",
         f"architecture    {results.get('summary', '')}",
         f"test perplexity teacher {t['test_ppl']:.3f}  student {s['test_ppl']:.3f}",
@@ -111,7 +116,19 @@ def full_report(results: dict[str, Any]) -> str:
     figures = results.get("figures") or {}
     if figures:
         parts += ["", "## Figures", ""] + [f"- {name}: {path}" for name, path in figures.items()]
+    parts += _findings_section(results)
     return "\n".join(parts)
+
+
+def _findings_section(results: dict[str, Any]) -> list[str]:
+    """The run's findings when its score table (`scores_path`) is there; nothing when it is absent or unreadable."""
+    from unast_core.findings import findings_for, findings_markdown
+
+    try:
+        found = findings_for(results)
+    except (KeyError, TypeError, ValueError) as e:  # a table that does not match the architecture: say so, don't fail
+        return ["", "## Findings", "", f"not computed: {type(e).__name__}: {e}"]
+    return [] if found is None else ["", findings_markdown(found)]
 
 
 def _positions(n_blocks: int) -> dict[str, int]:

@@ -109,6 +109,15 @@ def _metric(adapter: Adapter, block: int, hidden: torch.Tensor, tokens: torch.Te
     raise ValueError(f"unknown score metric {metric!r}")
 
 
+def block_loss(adapter: Adapter, block: int, choices: dict[int, dict[str, Any]], tokens: torch.Tensor, states_dir: Path,
+               batch_size: int) -> float:
+    """Validation LM loss with `choices` swapped in (all at or after `block`), run from the stored state
+    entering `block`."""
+    measure = _metric(adapter, block, load_boundary(states_dir, 2 * block), tokens, states_dir, batch_size, "lm_loss")
+    with adapter.swapped(choices):
+        return measure()
+
+
 def _from_state(adapter: Adapter, block: int, hidden: torch.Tensor):
     def forward(ids: torch.Tensor, row: int) -> torch.Tensor:
         with adapter.start_at(block, hidden[row:row + len(ids)]):

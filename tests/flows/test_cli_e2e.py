@@ -1,6 +1,7 @@
 """End-to-end: the `unast` command on the smoke preset, in subprocesses with their own homes."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -51,11 +52,12 @@ def test_smoke_run_exports_a_reloadable_faster_model_and_resumes(tmp_path):
     assert reload.stdout.strip().splitlines()[-1] == "5"
 
     assert results["distill"]["trained"] == 16 and not results["distill"]["failed"]
-    assert set(results["figures"]) == {"sublayer_errors", "cost_vs_score", "architecture"}
+    assert set(results["figures"]) == {"sublayer_errors", "cost_vs_score", "sensitivity", "architecture"}
     assert all((out / path).read_bytes()[:4] == b"\x89PNG" for path in results["figures"].values())
     report = subprocess.run([sys.executable, "-m", "flows.cli", "report", str(out)], capture_output=True, text=True,
                             env=_env(tmp_path), cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert report.returncode == 0 and "NMSE distilled" in report.stdout and "mlp-88, tail" in report.stdout
+    assert "## Findings" in report.stdout and "sensitive" in report.stdout
 
     # A family of two more budgets: one model each, and capture, distillation, scores and the cost table
     # are all reused.
@@ -91,3 +93,37 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     assert "Traceback" not in proc.stderr + proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.startswith("unast: error: ")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+
+
+def test_every_baseline_method_builds_a_model_on_the_same_store(tmp_path):
+    """Each comparison method picks its architecture, finetunes, evaluates and exports on the smoke teacher,
+    sharing the run store (prepare, cost table, states) with the others."""
+    outputs = {}
+    for method in ("shortgpt", "shortened-llama", "unast-depth", "uniform", "random-init"):
+        out = tmp_path / method
+        # the tiny teacher's latency is overhead: narrowing every layer does not reach a latency budget there
+        budget = "params=0.6" if method == "uniform" else "latency=0.6"
+        proc = _unast(tmp_path, "--preset", "smoke", "--method", method, "--budget", budget, "--output", str(out))
+        assert proc.returncode == 0, (method, proc.stderr[-3000:])
+        outputs[method] = json.loads((out / "results.json").read_text()), proc.stdout + proc.stderr
+        assert outputs[method][0]["method"] == method and f"method          {method}" in proc.stdout
+        assert (out / "modeling_unast.py").exists()
+    for method in ("shortgpt", "shortened-llama"):
+        results, log = outputs[method]
+        removed = results["removed_blocks"]
+        assert removed and all(results["layers"][b] == {"attn": {"op": "identity"}, "mlp": {"op": "identity"}}
+                               for b in removed)
+        assert len(results["block_importance"]) == 4
+        assert "distilled" not in log  # depth pruning trains no candidates
+    assert outputs["shortgpt"][0]["criterion"].startswith("block influence")
+    assert all(layer[k]["op"] in ("teacher", "identity") for layer in outputs["unast-depth"][0]["layers"]
+               for k in ("attn", "mlp"))
+    uniform = outputs["uniform"][0]
+    assert all(layer == uniform["layers"][0] for layer in uniform["layers"]) and uniform["width"] < 1
+    assert uniform["predicted_ratio"]["params"] <= 0.6 and uniform["student"]["param_ratio"] == pytest.approx(
+        uniform["predicted_ratio"]["params"])  # exact, and the widest width that fits
+    assert uniform["width"] == max(w["width"] for w in uniform["widths_measured"] if w["params"] <= 0.6)
+    scratch, log = outputs["random-init"]
+    assert scratch["finetune"]["steps"] == 4 + 2 * 2  # finetune + select steps x k of the smoke preset
+    assert math.isfinite(scratch["student"]["test_ppl"]) and scratch["architecture_from"].endswith(".json")
+    assert "cost table reused" in outputs["random-init"][1] and "cost table reused" in outputs["uniform"][1]

@@ -1,0 +1,66 @@
+"""Tasks of the comparison methods (`unast run --method ...`): block importance, measured latency of
+fixed architectures, and a from-scratch initial checkpoint. All results are content-keyed in the store."""
+
+from __future__ import annotations
+
+from prefect import task
+from safetensors.torch import save_model
+
+from tasks.common import TEACHER_LOCK, on_device, progress, splits, store_for, teacher_for
+from tasks.cost import resolve_device
+from unast_core.baselines import block_influence, loss_without_block, scratch_student
+from unast_core.config import CostConfig, TeacherConfig
+from unast_core.cost import architecture_params, measure_ratios
+from unast_core.store import atomic_path, content_key, read_json, write_json
+
+
+@task(name="block-importance", tags=["unast-compute"])
+def block_importance(prep: dict, states: dict, teacher_cfg: TeacherConfig, method: str, seqs: int, batch_size: int) -> dict:
+    """Importance of every block for depth pruning on the first `seqs` validation sequences (the scoring
+    set): ShortGPT's block influence, or (Shortened LLaMA) the validation loss without the block.
+    Returns {"importance": [...], "criterion", "reused"}."""
+    key = content_key(prep["fingerprint"], states["dir"], seqs, batch_size)
+    path = store_for(prep).path("baselines", f"{method}-{key}.json")
+    if path.exists():
+        return {**read_json(path), "reused": True}
+    n_blocks = len(prep["sublayers"]) // 2
+    if method == "shortgpt":
+        importance, criterion = block_influence(states["dir"], n_blocks, seqs), "block influence (1 - cos)"
+    else:
+        tokens = splits(prep)["validation"][:seqs]
+        bar = progress(n_blocks, "loss without each block")
+        with TEACHER_LOCK:
+            importance = loss_without_block(teacher_for(teacher_cfg).model, tokens, states["dir"], batch_size,
+                                            on_block=lambda b, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.2f}")))
+        bar.close()
+        criterion = "validation loss without the block"
+    result = {"method": method, "criterion": criterion, "importance": importance}
+    write_json(path, result)
+    return {**result, "reused": False}
+
+
+@task(name="measure-architectures", tags=["unast-compute"])
+def measure_architectures(prep: dict, teacher_cfg: TeacherConfig, layer_sets: list[list[dict]], cfg: CostConfig) -> dict:
+    """Cost ratios of each architecture against the teacher: {"latency": measured, timed interleaved in one
+    loop; "params": exact}."""
+    device = resolve_device(cfg.device)
+    path = store_for(prep).path("baselines", f"measured-{device}-{content_key(layer_sets, cfg.model_dump())}.json")
+    if path.exists():
+        return read_json(path)
+    model = teacher_for(teacher_cfg).model
+    with TEACHER_LOCK, on_device(device, model):
+        ratios = {"latency": measure_ratios(model, layer_sets, cfg.regime, cfg.warmup, cfg.repeats),
+                  "params": [architecture_params(model, layers) / prep["teacher_params"] for layers in layer_sets]}
+    write_json(path, ratios)
+    return ratios
+
+
+@task(name="scratch-init")
+def scratch_init(prep: dict, teacher_cfg: TeacherConfig, layers: list[dict], seed: int) -> str:
+    """A checkpoint of architecture `layers` with every weight drawn afresh (training from scratch)."""
+    path = store_for(prep).path("baselines", f"scratch-{content_key(prep['fingerprint'], layers, seed)}.safetensors")
+    if not path.exists():
+        student = scratch_student(teacher_for(teacher_cfg).model, layers, seed)
+        with atomic_path(path) as tmp:
+            save_model(student, str(tmp))
+    return str(path)

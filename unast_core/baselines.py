@@ -1,0 +1,116 @@
+"""The methods UNAST is compared with, on the same teacher, data, cost table and finetune.
+
+- Depth pruning removes whole blocks (attention and MLP both skipped), least important first, until the
+  budget holds. Importance is Block Influence (ShortGPT: 1 - mean cosine similarity between the residual
+  state entering and leaving the block) or the validation loss of the model without that one block
+  (Shortened LLaMA's perplexity criterion; the higher the loss without it, the more the block matters).
+  Both are read from the stored teacher states, so ranking all blocks costs one pass per block from its
+  own input state onward.
+- Uniform width pruning keeps the same share of KV groups (with all their query heads) and of MLP
+  channels in every block (as Minitron / LLM-Pruner do), picked by importance from the teacher.
+- Training from scratch draws every weight of a given architecture afresh.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from unast_core.activations import load_boundary
+from unast_core.adapters import Adapter
+from unast_core.assemble import Layers, layers_from_choice, student_config
+from unast_core.config import AttentionCandidate
+from unast_core.cost import calibrated_ratio, predict
+from unast_core.errors import InfeasibleBudget, UnastError
+from unast_core.modeling_unast import SUBLAYER_KINDS, UnastForCausalLM, teacher_dims
+from unast_core.operators import attention_spec
+from unast_core.scoring import block_loss
+
+DEPTH_CRITERIA = {"shortgpt": "block influence", "shortened-llama": "validation loss without the block"}
+
+
+@torch.inference_mode()
+def block_influence(states_dir: Path, n_blocks: int, rows: int | None = None) -> list[float]:
+    """ShortGPT's BI per block: 1 - mean over tokens (of the first `rows` sequences) of cos(state in, state out)."""
+    influence = []
+    entering = load_boundary(states_dir, 0)[:rows].double()
+    for b in range(n_blocks):
+        leaving = load_boundary(states_dir, 2 * b + 2)[:rows].double()
+        cos = nn.functional.cosine_similarity(entering, leaving, dim=-1)
+        influence.append(1.0 - cos.mean().item())
+        entering = leaving
+    return influence
+
+
+def loss_without_block(model: nn.Module, tokens: torch.Tensor, states_dir: Path, batch_size: int,
+                       on_block: Callable[[int, float], None] | None = None) -> list[float]:
+    """Shortened LLaMA's criterion: validation LM loss (log-perplexity) of the teacher without block b,
+    run from the stored state entering b."""
+    adapter = Adapter(model)
+    losses = []
+    for b in range(adapter.n_blocks):
+        skip = {s.index: {"op": "identity"} for s in adapter.sublayers if s.block == b}
+        losses.append(block_loss(adapter, b, skip, tokens, states_dir, batch_size))
+        if on_block:
+            on_block(b, losses[-1])
+    return losses
+
+
+def removal_order(importance: list[float]) -> list[int]:
+    """Blocks from least to most important; NaN (a failed measurement) counts as most important."""
+    return sorted(range(len(importance)), key=lambda b: (math.isnan(importance[b]), importance[b], b))
+
+
+def depth_choice(lut: dict[str, Any], order: list[int], removed: int) -> list[int]:
+    """Pool indices per sublayer with the first `removed` blocks of `order` skipped."""
+    skip = lut["pool"].index({"op": "identity"})
+    gone = set(order[:removed])
+    return [skip if i // 2 in gone else 0 for i in range(len(lut["costs"]["params"]))]
+
+
+def depth_plan(lut: dict[str, Any], order: list[int], budget: dict[str, float], start: int = 0) -> dict[str, Any]:
+    """Remove blocks in `order` (at least `start`) until every budgeted cost, as predicted by the
+    (calibrated) table, is within its fraction of the teacher's."""
+    if {"op": "identity"} not in lut["pool"]:
+        raise UnastError("depth pruning needs 'identity' in pool.ops")
+
+    def ratios(removed: int) -> dict[str, float]:
+        predicted = predict(lut, depth_choice(lut, order, removed))
+        return {n: calibrated_ratio(lut, n, predicted[n] / lut["teacher"][n]) for n in predicted}
+
+    for removed in range(start, len(order) + 1):
+        predicted = ratios(removed)
+        if all(predicted[n] <= fraction + 1e-9 for n, fraction in budget.items()):
+            layers = layers_from_choice(depth_choice(lut, order, removed), lut["pool"])
+            return {"removed": sorted(order[:removed]), "layers": layers, "predicted_ratio": predicted}
+    smallest = ratios(len(order))
+    raise InfeasibleBudget(f"removing every block reaches only {', '.join(f'{n}={smallest[n]:.3f}' for n in budget)}; "
+                           "raise the budget", {n: smallest[n] for n in budget})
+
+
+def uniform_layers(config: Any, fraction: float) -> Layers:
+    """Every block with the same share `fraction` of KV groups (all their query heads) and MLP channels;
+    a share that rounds to the teacher's size keeps the teacher's sublayer."""
+    if not 0 < fraction < 1:
+        raise UnastError(f"uniform width {fraction} must be in (0, 1)")
+    dims = teacher_dims(config)
+    try:
+        attn = attention_spec(AttentionCandidate(heads=fraction), config, "baseline.widths")
+    except UnastError:  # rounds to the teacher's own attention
+        attn = {"op": "teacher"}
+    hidden = max(1, round(fraction * dims["hidden"]))
+    mlp = {"op": "mlp", "hidden": hidden} if hidden < dims["hidden"] else {"op": "teacher"}
+    return [dict(zip(SUBLAYER_KINDS, (dict(attn), dict(mlp)))) for _ in range(config.num_hidden_layers)]
+
+
+def scratch_student(teacher: nn.Module, layers: Layers, seed: int) -> UnastForCausalLM:
+    """The architecture `layers` with every weight drawn afresh by the family's own initialisation
+    (training from scratch): nothing is copied from the teacher."""
+    torch.manual_seed(seed)
+    student = UnastForCausalLM(student_config(teacher.config, layers))
+    student.student.config._attn_implementation = teacher.config._attn_implementation
+    return student.to(dtype=next(teacher.parameters()).dtype)
