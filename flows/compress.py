@@ -13,10 +13,10 @@ from typing import Any, Iterator
 from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.methods import choose
+from flows.methods import LATENCY_TOLERANCE, choose
 from tasks.capture import capture_states
 from tasks.common import progress
-from tasks.cost import cost_table, resolve_device, verify_latency
+from tasks.cost import cost_table, measure_architectures, resolve_device
 from tasks.distill import distill_candidate
 from tasks.evaluate import evaluate, export
 from tasks.prepare import prepare
@@ -53,9 +53,6 @@ def _timed(wall: dict[str, float], stage: str) -> Iterator[None]:
     wall[stage] = round(time.perf_counter() - start, 2)
 
 
-LATENCY_TOLERANCE = 0.02  # measured ratio may exceed the budget by this much at search time
-
-
 def _hold_latency_budget(prep: dict, config: RunConfig, budget: dict[str, float], scores_path: str, lut_path: str,
                          found: dict, log) -> tuple[dict, list[dict]]:
     """Measure the searched architectures and keep those within the latency budget. If none holds (the
@@ -63,7 +60,8 @@ def _hold_latency_budget(prep: dict, config: RunConfig, budget: dict[str, float]
     target = budget["latency"] + LATENCY_TOLERANCE
 
     def measured(found: dict) -> list[dict]:
-        ratios = verify_latency(prep, config.teacher, found["path"], config.cost)
+        ratios = measure_architectures(prep, config.teacher, [a["layers"] for a in found["architectures"]],
+                                       config.cost)["latency"]
         return [{**arch, "measured_ratio": r} for arch, r in zip(found["architectures"], ratios)]
 
     archs = measured(found)
@@ -241,12 +239,13 @@ def _distill_and_score(prep: dict, states: dict, calib: dict, config: RunConfig,
         scores_path = score_table(prep, rows, pool, weights)
     reused = sum(r["reused"] for r in rows)
     log.info("scored %d sublayers x %d candidates (%d reused)", len(rows), len(pool), reused)
+    table = read_json(scores_path)
     figures["cost_vs_score"] = cost_score_scatter(
-        _scatter_points(read_json(scores_path), lut), Path(scores_path).with_suffix(".scatter.png"),
+        _scatter_points(table, lut), Path(scores_path).with_suffix(".scatter.png"),
         f"Candidates: latency vs score ({lut['device']}, {lut['regime']['kind']})")
     tracker.stage("score", params={"reused_sublayers": reused},
                   files=[scores_path, scores_path.replace(".json", ".parquet"), figures["cost_vs_score"]])
-    figures["sensitivity"] = sensitivity_chart(read_json(scores_path), Path(scores_path).with_suffix(".sensitivity.png"),
+    figures["sensitivity"] = sensitivity_chart(table, Path(scores_path).with_suffix(".sensitivity.png"),
                                                "Score of skipping (and linear) per block")
     return scores_path, summary, figures
 

@@ -11,7 +11,9 @@ from typing import Any
 
 from prefect import unmapped
 
-from tasks.baselines import block_importance, measure_architectures, scratch_init
+from tasks.baselines import block_importance, scratch_init
+from tasks.common import teacher_for
+from tasks.cost import measure_architectures
 from tasks.distill import distill_candidate
 from tasks.search import search
 from unast_core.assemble import describe
@@ -21,7 +23,7 @@ from unast_core.errors import InfeasibleBudget, UnastError
 from unast_core.modeling_unast import SUBLAYER_KINDS
 from unast_core.store import content_key
 
-LATENCY_TOLERANCE = 0.02  # as for UNAST: a measured ratio may exceed the budget by this much at search time
+LATENCY_TOLERANCE = 0.02  # every method: a measured ratio may exceed the budget by this much at search time
 
 
 def _within(budget: dict[str, float], ratios: dict[str, float]) -> bool:
@@ -68,8 +70,6 @@ def choose_uniform(prep: dict, config: RunConfig, budget: dict[str, float], cali
     same init UNAST's candidates get, without the layer-wise training)."""
     if "memory" in budget:
         raise UnastError("the uniform method supports latency and params budgets; drop the memory budget")
-    from tasks.common import teacher_for
-
     model_config = teacher_for(config.teacher).model.config
     widths = sorted(set(config.baseline.widths), reverse=True)
     layer_sets = [uniform_layers(model_config, w) for w in widths]

@@ -1,16 +1,14 @@
-"""Tasks of the comparison methods (`unast run --method ...`): block importance, measured latency of
-fixed architectures, and a from-scratch initial checkpoint. All results are content-keyed in the store."""
+"""Tasks of the comparison methods (`unast run --method ...`): block importance and a from-scratch
+initial checkpoint. Both are content-keyed in the store."""
 
 from __future__ import annotations
 
 from prefect import task
 from safetensors.torch import save_model
 
-from tasks.common import TEACHER_LOCK, on_device, progress, splits, store_for, teacher_for
-from tasks.cost import resolve_device
+from tasks.common import TEACHER_LOCK, progress, splits, store_for, teacher_for
 from unast_core.baselines import block_influence, loss_without_block, scratch_student
-from unast_core.config import CostConfig, TeacherConfig
-from unast_core.cost import architecture_params, measure_ratios
+from unast_core.config import TeacherConfig
 from unast_core.store import atomic_path, content_key, read_json, write_json
 
 
@@ -37,22 +35,6 @@ def block_importance(prep: dict, states: dict, teacher_cfg: TeacherConfig, metho
     result = {"method": method, "criterion": criterion, "importance": importance}
     write_json(path, result)
     return {**result, "reused": False}
-
-
-@task(name="measure-architectures", tags=["unast-compute"])
-def measure_architectures(prep: dict, teacher_cfg: TeacherConfig, layer_sets: list[list[dict]], cfg: CostConfig) -> dict:
-    """Cost ratios of each architecture against the teacher: {"latency": measured, timed interleaved in one
-    loop; "params": exact}."""
-    device = resolve_device(cfg.device)
-    path = store_for(prep).path("baselines", f"measured-{device}-{content_key(layer_sets, cfg.model_dump())}.json")
-    if path.exists():
-        return read_json(path)
-    model = teacher_for(teacher_cfg).model
-    with TEACHER_LOCK, on_device(device, model):
-        ratios = {"latency": measure_ratios(model, layer_sets, cfg.regime, cfg.warmup, cfg.repeats),
-                  "params": [architecture_params(model, layers) / prep["teacher_params"] for layers in layer_sets]}
-    write_json(path, ratios)
-    return ratios
 
 
 @task(name="scratch-init")

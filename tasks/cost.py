@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from prefect import task
 
 from tasks.common import on_device, store_for, teacher_for
 from unast_core.config import CostConfig, TeacherConfig
-from unast_core.cost import build_lut
+from unast_core.cost import architecture_params, build_lut, measure_ratios
 from unast_core.store import content_key, read_json, write_json
 
 
@@ -31,19 +29,17 @@ def cost_table(prep: dict, teacher_cfg: TeacherConfig, pool: list[dict], cfg: Co
     return {"path": str(path), "reused": False}
 
 
-@task(name="verify-latency", tags=["unast-compute"])
-def verify_latency(prep: dict, teacher_cfg: TeacherConfig, search_path: str, cfg: CostConfig) -> list[float]:
-    """Measured latency ratio of each searched architecture against the teacher (interleaved); stored
-    next to the search result so that a rerun makes the same decisions."""
-    from unast_core.cost import measure_ratios
-
+@task(name="measure-architectures", tags=["unast-compute"])
+def measure_architectures(prep: dict, teacher_cfg: TeacherConfig, layer_sets: list[list[dict]], cfg: CostConfig) -> dict:
+    """Cost ratios of each architecture against the teacher: {"latency": measured, timed interleaved in one
+    loop; "params": exact}. Stored by content, so that a rerun makes the same decisions."""
     device = resolve_device(cfg.device)
-    path = Path(search_path).with_suffix(f".measured-{device}.json")
+    path = store_for(prep).path("measured", f"{device}-{content_key(layer_sets, cfg.model_dump())}.json")
     if path.exists():
         return read_json(path)
     model = teacher_for(teacher_cfg).model
     with on_device(device, model):
-        ratios = measure_ratios(model, [a["layers"] for a in read_json(search_path)["architectures"]],
-                                cfg.regime, cfg.warmup, cfg.repeats)
+        ratios = {"latency": measure_ratios(model, layer_sets, cfg.regime, cfg.warmup, cfg.repeats),
+                  "params": [architecture_params(model, layers) / prep["teacher_params"] for layers in layer_sets]}
     write_json(path, ratios)
     return ratios

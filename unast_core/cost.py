@@ -13,11 +13,10 @@ The regime is a prefill (batch x prompt) or a decode step (batch, with a KV cach
 Parameters and weight bytes are exact per sublayer; KV-cache bytes per token too; "memory" is weights
 plus the KV cache at the regime's batch x seq_len tokens.
 
-The sum is not exact in between: many replaced sublayers together run faster than their parts predict
-(measured on SmolLM2-135M, CPU: table 0.50 -> measured 0.42-0.44). So the table also times
-`calibration_samples` random architectures spread from mostly-teacher to mostly-replaced, fits
-measured = intercept + slope * predicted (least squares, teacher included), and the search budgets and
-reports the calibrated prediction; the raw table ratio is kept next to it.
+In between, the sum is a model, not a measurement. So the table also times `calibration_samples` random
+architectures spread from mostly-teacher to mostly-replaced, fits measured = intercept + slope * predicted
+(least squares, teacher included), and the search budgets and reports the calibrated prediction; the raw
+table ratio is kept next to it (SmolLM2-135M on CPU: slope 0.993, intercept -0.004, largest residual 0.012).
 """
 
 from __future__ import annotations

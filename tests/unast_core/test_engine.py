@@ -14,6 +14,14 @@ from unast_core.engine import deepspeed_config
 pytest.importorskip("deepspeed")
 
 
+def _run_json(script: str) -> dict:
+    """Run `script` in a fresh interpreter at the repository root; its last stdout line is JSON."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_deepspeed_config_follows_train_config():
     ds = deepspeed_config(TrainConfig(batch_size=3, grad_clip=0.5, zero_stage=2, lr_max=1e-3), on_cuda=False)
     assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_clipping"] == 0.5
@@ -41,10 +49,7 @@ def test_deepspeed_engine_matches_torch_engine_on_cpu():
                            "before": result["val_loss_before"], "engine": result["engine"]}
         print(json.dumps(out))
     """)
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _run_json(script)
     assert out["deepspeed"]["engine"] == "deepspeed" and len(out["deepspeed"]["curve"]) == 8
     assert out["deepspeed"]["curve"] == pytest.approx(out["torch"]["curve"], rel=1e-4)
     assert out["deepspeed"]["val"] == pytest.approx(out["torch"]["val"], rel=1e-4)
@@ -67,10 +72,7 @@ def test_deepspeed_distillation_matches_torch_on_cpu(tmp_path):
             out[engine] = {{"curve": [c["loss"] for c in m["curve"]], "nmse": m["nmse"], "engine": m["engine"]}}
         print(json.dumps(out))
     """)
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _run_json(script)
     assert out["deepspeed"]["engine"] == "deepspeed" and len(out["deepspeed"]["curve"]) == 6
     assert out["deepspeed"]["curve"] == pytest.approx(out["torch"]["curve"], rel=1e-4)
     assert out["deepspeed"]["nmse"] == pytest.approx(out["torch"]["nmse"], rel=1e-3)
