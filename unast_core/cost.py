@@ -22,15 +22,19 @@ table ratio is kept next to it (SmolLM2-135M on CPU: slope 0.993, intercept -0.0
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from unast_core.adapters import Adapter
 from unast_core.assemble import layers_from_choice
 from unast_core.config import RegimeConfig
-from unast_core.evaluate import interleaved_latency, regime_inputs, regime_runner
+from unast_core.evaluate import colocate, interleaved_latency, regime_inputs, regime_runner
 from unast_core.modeling_unast import applies, candidate_name, teacher_dims
+
+# Part of every stored latency's key: tables and measurements taken before the weights of timed variants
+# were colocated (see `evaluate.colocate`) are measured afresh instead of reused.
+MEASUREMENT = "colocated-1"
 
 
 def build_lut(model: torch.nn.Module, pool: list[dict[str, Any]], regime: RegimeConfig, warmup: int,
@@ -48,8 +52,7 @@ def build_lut(model: torch.nn.Module, pool: list[dict[str, Any]], regime: Regime
         for spec in [*pool, {"op": "identity"}]:  # identity is the baseline of every difference
             if spec["op"] != "teacher" and applies(spec, kind):
                 variants[f"{kind}:{candidate_name(spec)}"] = {s.index: spec for s in adapter.sublayers if s.kind == kind}
-    measured = interleaved_latency({name: _swapped_run(adapter, ids, c, regime.kind) for name, c in variants.items()},
-                                   warmup, repeats)
+    measured = interleaved_latency(_swapped_runs(adapter, ids, variants, regime.kind), warmup, repeats)
     latency = [[_per_sublayer(measured, s.kind, name, adapter.n_blocks) if applies(spec, s.kind) else 0.0
                  for spec, name in zip(pool, names)] for s in adapter.sublayers]
     params = [[_params(adapter, s, spec) if applies(spec, s.kind) else 0 for spec in pool] for s in adapter.sublayers]
@@ -142,17 +145,26 @@ def _params(adapter: Adapter, sub: Any, spec: dict[str, Any]) -> int:
     return sum(p.numel() for m in modules.values() for p in m.parameters())
 
 
-def _swapped_run(adapter: Adapter, ids: torch.Tensor, choices: dict[int, dict[str, Any]], kind: str):
-    """A zero-argument callable: one unit of the regime (prefill, or a decode step) of the adapter's model
-    with `choices` swapped in (replacement modules and any KV cache are built once, outside the timed call)."""
-    modules = {index: adapter.build(index, spec) for index, spec in choices.items()}
-    with adapter.installed(modules):
-        step = regime_runner(adapter.model, ids, kind)
+def _swapped_runs(adapter: Adapter, ids: torch.Tensor, variants: dict[str, dict[int, dict[str, Any]]],
+                  kind: str) -> dict[str, Callable[[], None]]:
+    """Zero-argument callables, one per variant: one unit of the regime (prefill, or a decode step) of the
+    adapter's model with the variant's {sublayer: spec} swapped in. Replacement modules and any KV cache
+    are built once, outside the timed calls, and the model's and the replacements' weights are re-placed
+    side by side in memory (`colocate`) so that no variant is timed on faster memory than another."""
+    modules = {name: {index: adapter.build(index, spec) for index, spec in choices.items()}
+               for name, choices in variants.items()}
+    colocate(adapter.model, *(torch.nn.ModuleList(m for _, parts in sorted(built.items()) for m in parts.values())
+                              for built in modules.values()))
 
-    def run() -> None:
-        with adapter.installed(modules):
-            step()
-    return run
+    def runner(built: dict[int, dict[str, torch.nn.Module]]) -> Callable[[], None]:
+        with adapter.installed(built):
+            step = regime_runner(adapter.model, ids, kind)
+
+        def run() -> None:
+            with adapter.installed(built):
+                step()
+        return run
+    return {name: runner(built) for name, built in modules.items()}
 
 
 def _per_sublayer(measured: dict[str, float], kind: str, name: str, n_blocks: int) -> float:
@@ -178,9 +190,8 @@ def measure_ratios(model: torch.nn.Module, layer_sets: list[list[dict[str, Any]]
     def choices(layers: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
         return {s.index: layers[s.block][s.kind] for s in adapter.sublayers if layers[s.block][s.kind]["op"] != "teacher"}
 
-    variants = {"teacher": _swapped_run(adapter, ids, {}, regime.kind)}
-    variants.update({f"arch{k}": _swapped_run(adapter, ids, choices(layers), regime.kind) for k, layers in enumerate(layer_sets)})
-    medians = interleaved_latency(variants, warmup, repeats)
+    variants = {"teacher": {}, **{f"arch{k}": choices(layers) for k, layers in enumerate(layer_sets)}}
+    medians = interleaved_latency(_swapped_runs(adapter, ids, variants, regime.kind), warmup, repeats)
     return [medians[f"arch{k}"] / medians["teacher"] for k in range(len(layer_sets))]
 
 

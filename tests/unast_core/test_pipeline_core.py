@@ -11,7 +11,7 @@ from unast_core.adapters import Adapter
 from unast_core.assemble import build_student, layers_from_choice
 from unast_core.config import RegimeConfig, TrainConfig
 from unast_core.cost import build_lut, predict
-from unast_core.evaluate import interleaved_latency, kl_to_teacher, lm_loss
+from unast_core.evaluate import colocate, interleaved_latency, kl_to_teacher, lm_loss
 from unast_core.finetune import Diverged, cosine_lr, finetune
 from unast_core.scoring import score_sublayer
 
@@ -82,6 +82,28 @@ def test_interleaved_latency_ranks_a_slower_callable():
 
     medians = interleaved_latency({"fast": lambda: None, "slow": lambda: time.sleep(0.002)}, warmup=1, repeats=3)
     assert medians["slow"] > medians["fast"]
+
+
+def test_colocate_moves_every_weight_once_and_changes_nothing_else():
+    from unast_core.teacher import tiny_random_teacher
+
+    model = tiny_random_teacher(0).model
+    student = build_student(model, layers_from_choice([1, 0] * 4, POOL))
+    shared = student.student.model.norm  # a module both sides hold: moved once, still shared
+    model.model.norm = shared
+    ids = _tokens(n=2, seq=8, vocab=model.config.vocab_size)
+    with torch.no_grad():
+        before = {"teacher": model(ids).logits, "student": student(ids).logits}
+    values = {id(t): t.detach().clone() for m in (model, student) for t in [*m.parameters(), *m.buffers()]}
+    pointers = {id(t): t.data_ptr() for m in (model, student) for t in [*m.parameters(), *m.buffers()]}
+    colocate(model, student)
+    for m in (model, student):
+        for t in [*m.parameters(), *m.buffers()]:
+            assert t.data_ptr() != pointers[id(t)] and torch.equal(t, values[id(t)])
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # tied weights stay tied
+    assert model.model.norm.weight.data_ptr() == student.student.model.norm.weight.data_ptr()
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, before["teacher"]) and torch.equal(student(ids).logits, before["student"])
 
 
 def test_cosine_schedule_endpoints():
