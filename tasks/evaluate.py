@@ -10,6 +10,7 @@ from tasks.common import on_device, splits, teacher_for
 from tasks.cost import resolve_device
 from unast_core.assemble import build_student
 from unast_core.config import CostConfig, EvalConfig, TeacherConfig
+from unast_core.cost import student_latency
 from unast_core.evaluate import compare_to_teacher, latency_vs_teacher
 from unast_core.export import export_checkpoint
 from unast_core.report import model_card
@@ -17,14 +18,18 @@ from unast_core.report import model_card
 
 @task(name="evaluate", tags=["unast-compute"])
 def evaluate(prep: dict, teacher_cfg: TeacherConfig, trained: dict, cfg: EvalConfig, cost_cfg: CostConfig) -> dict:
-    """Stage 8a: test perplexity of teacher and student, KL to the teacher, measured latency ratio."""
+    """Stage 8a: test perplexity of teacher and student, KL to the teacher, measured latency ratio: the
+    student's modules timed in the teacher (`student_latency`, the procedure of the cost table and of the
+    architecture check) and, for reference, the separately built student timed against the teacher."""
     teacher = teacher_for(teacher_cfg)
     student = build_student(teacher.model, trained["layers"])
     load_model(student, trained["weights"])
     test = splits(prep)["test"]
     device = resolve_device(cost_cfg.device)
     with on_device(device, teacher.model, student):
-        latency = latency_vs_teacher(student, teacher.model, cost_cfg.regime, cfg.latency_warmup, cfg.latency_repeats)
+        latency = student_latency(teacher.model, student.student, trained["layers"], cost_cfg.regime,
+                                  cfg.latency_warmup, cfg.latency_repeats)
+        standalone = latency_vs_teacher(student, teacher.model, cost_cfg.regime, cfg.latency_warmup, cfg.latency_repeats)
         both = compare_to_teacher(student, teacher.model, test, cfg.batch_size)
     teacher_ppl, student_ppl, kl = math.exp(both["teacher_loss"]), math.exp(both["student_loss"]), both["kl"]
     n_student = sum(p.numel() for p in student.parameters())
@@ -32,7 +37,7 @@ def evaluate(prep: dict, teacher_cfg: TeacherConfig, trained: dict, cfg: EvalCon
         "teacher": {"test_ppl": teacher_ppl, "params": prep["teacher_params"], "latency_s": latency["teacher_s"]},
         "student": {"test_ppl": student_ppl, "params": n_student, "latency_ratio": latency["latency_ratio"],
                     "param_ratio": n_student / prep["teacher_params"], "kl_to_teacher": kl,
-                    "latency_s": latency["student_s"]},
+                    "latency_s": latency["student_s"], "standalone_latency_ratio": standalone["latency_ratio"]},
         "regime": {"device": device, **cost_cfg.regime.model_dump()},
         "test_tokens": test.numel(),
     }

@@ -52,7 +52,8 @@ def build_lut(model: torch.nn.Module, pool: list[dict[str, Any]], regime: Regime
         for spec in [*pool, {"op": "identity"}]:  # identity is the baseline of every difference
             if spec["op"] != "teacher" and applies(spec, kind):
                 variants[f"{kind}:{candidate_name(spec)}"] = {s.index: spec for s in adapter.sublayers if s.kind == kind}
-    measured = interleaved_latency(_swapped_runs(adapter, ids, variants, regime.kind), warmup, repeats)
+    built = {name: _built(adapter, choices) for name, choices in variants.items()}
+    measured = interleaved_latency(_swapped_runs(adapter, ids, built, regime.kind), warmup, repeats)
     latency = [[_per_sublayer(measured, s.kind, name, adapter.n_blocks) if applies(spec, s.kind) else 0.0
                  for spec, name in zip(pool, names)] for s in adapter.sublayers]
     params = [[_params(adapter, s, spec) if applies(spec, s.kind) else 0 for spec in pool] for s in adapter.sublayers]
@@ -145,16 +146,14 @@ def _params(adapter: Adapter, sub: Any, spec: dict[str, Any]) -> int:
     return sum(p.numel() for m in modules.values() for p in m.parameters())
 
 
-def _swapped_runs(adapter: Adapter, ids: torch.Tensor, variants: dict[str, dict[int, dict[str, Any]]],
+def _swapped_runs(adapter: Adapter, ids: torch.Tensor, variants: dict[str, dict[int, dict[str, torch.nn.Module]]],
                   kind: str) -> dict[str, Callable[[], None]]:
     """Zero-argument callables, one per variant: one unit of the regime (prefill, or a decode step) of the
-    adapter's model with the variant's {sublayer: spec} swapped in. Replacement modules and any KV cache
-    are built once, outside the timed calls, and the model's and the replacements' weights are re-placed
-    side by side in memory (`colocate`) so that no variant is timed on faster memory than another."""
-    modules = {name: {index: adapter.build(index, spec) for index, spec in choices.items()}
-               for name, choices in variants.items()}
+    adapter's model with the variant's prebuilt {sublayer: {attribute: module}} swapped in. Any KV cache is
+    built once, outside the timed calls, and the model's and the replacements' weights are re-placed side
+    by side in memory (`colocate`) so that no variant is timed on faster memory than another."""
     colocate(adapter.model, *(torch.nn.ModuleList(m for _, parts in sorted(built.items()) for m in parts.values())
-                              for built in modules.values()))
+                              for built in variants.values()))
 
     def runner(built: dict[int, dict[str, torch.nn.Module]]) -> Callable[[], None]:
         with adapter.installed(built):
@@ -164,7 +163,11 @@ def _swapped_runs(adapter: Adapter, ids: torch.Tensor, variants: dict[str, dict[
             with adapter.installed(built):
                 step()
         return run
-    return {name: runner(built) for name, built in modules.items()}
+    return {name: runner(built) for name, built in variants.items()}
+
+
+def _built(adapter: Adapter, choices: dict[int, dict[str, Any]]) -> dict[int, dict[str, torch.nn.Module]]:
+    return {index: adapter.build(index, spec) for index, spec in choices.items()}
 
 
 def _per_sublayer(measured: dict[str, float], kind: str, name: str, n_blocks: int) -> float:
@@ -190,9 +193,26 @@ def measure_ratios(model: torch.nn.Module, layer_sets: list[list[dict[str, Any]]
     def choices(layers: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
         return {s.index: layers[s.block][s.kind] for s in adapter.sublayers if layers[s.block][s.kind]["op"] != "teacher"}
 
-    variants = {"teacher": {}, **{f"arch{k}": choices(layers) for k, layers in enumerate(layer_sets)}}
+    variants = {"teacher": {}, **{f"arch{k}": _built(adapter, choices(layers)) for k, layers in enumerate(layer_sets)}}
     medians = interleaved_latency(_swapped_runs(adapter, ids, variants, regime.kind), warmup, repeats)
     return [medians[f"arch{k}"] / medians["teacher"] for k in range(len(layer_sets))]
+
+
+def student_latency(teacher: torch.nn.Module, student: torch.nn.Module, layers: list[dict[str, Any]],
+                    regime: RegimeConfig, warmup: int, repeats: int) -> dict[str, float]:
+    """A built student's latency against the teacher's, by the procedure of the table and the architecture
+    check: the student's own (trained) modules of every replaced sublayer installed in the teacher, timed
+    interleaved with the teacher, weights colocated. Kept sublayers cost what the teacher's do (same shapes),
+    so this is the student's computation; it leaves out where a separately built model's memory happens to
+    sit, which on a virtual machine moved readings by up to 0.1 (see `evaluate.colocate`)."""
+    adapter, own = Adapter(teacher), Adapter(student)
+    replaced = {s.index: own.modules_of(own.sublayers[s.index]) for s in adapter.sublayers
+                if layers[s.block][s.kind]["op"] != "teacher"}
+    ids = regime_inputs(regime, teacher.config.vocab_size, next(teacher.parameters()).device)
+    medians = interleaved_latency(_swapped_runs(adapter, ids, {"teacher": {}, "student": replaced}, regime.kind),
+                                  warmup, repeats)
+    return {"teacher_s": medians["teacher"], "student_s": medians["student"],
+            "latency_ratio": medians["student"] / medians["teacher"]}
 
 
 def corrected_budget(budget: dict[str, float], predicted: list[float], measured: list[float]) -> dict[str, float]:

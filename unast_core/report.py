@@ -55,7 +55,8 @@ tokenizer = AutoTokenizer.from_pretrained("PATH", trust_remote_code=True)
 KL(teacher || student) on the test split: {s['kl_to_teacher']:.4f} nats/token over {results.get('test_tokens', '?')} tokens.
 Latency: {regime.get('device', '?')}, {regime.get('kind', 'prefill')} batch {regime.get('batch_size', '?')} x {regime.get('seq_len', '?')}
 tokens (prefill: the prompt, last-token logits; decode: one token with that much context in the KV cache),
-median of interleaved repeats against the teacher in the same process.
+median of interleaved repeats against the teacher in the same process, with the student's sublayers installed
+in the teacher and all weights side by side in memory{_standalone(s)}.
 
 ## Architecture
 
@@ -77,6 +78,11 @@ def _prediction(results: dict[str, Any]) -> str:
     return "" if predicted is None or error is None else f"; predicted {predicted:.3f}{raw} ({100 * error:+.1f}%)"
 
 
+def _standalone(student: dict[str, Any]) -> str:
+    ratio = student.get("standalone_latency_ratio")
+    return f" (the exported model timed as a separate object: {ratio:.3f})" if ratio is not None else ""
+
+
 def _figure_links(results: dict[str, Any]) -> str:
     figures = results.get("figures") or {}
     if not figures:
@@ -92,7 +98,8 @@ def console_summary(results: dict[str, Any]) -> str:
         f"architecture    {results.get('summary', '')}",
         f"test perplexity teacher {t['test_ppl']:.3f}  student {s['test_ppl']:.3f}",
         f"latency ratio   {s['latency_ratio']:.3f} (measured, {results['regime'].get('kind', 'prefill')} "
-        f"{results['regime']['batch_size']}x{results['regime']['seq_len']}){_prediction(results)}",
+        f"{results['regime']['batch_size']}x{results['regime']['seq_len']}){_prediction(results)}"
+        f"{'; separate object ' + format(s['standalone_latency_ratio'], '.3f') if s.get('standalone_latency_ratio') else ''}",
         f"param ratio     {s['param_ratio']:.3f} ({s['params']:,} / {t['params']:,})",
         f"KL to teacher   {s['kl_to_teacher']:.4f} nats/token",
         f"export          {results['output']}",

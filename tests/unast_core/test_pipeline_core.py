@@ -106,6 +106,26 @@ def test_colocate_moves_every_weight_once_and_changes_nothing_else():
         assert torch.equal(model(ids).logits, before["teacher"]) and torch.equal(student(ids).logits, before["student"])
 
 
+
+def test_student_latency_installs_the_students_own_modules_and_restores_the_teacher():
+    from unast_core.cost import student_latency
+
+    model = tiny_model("llama")
+    ids = _tokens(n=1, seq=32, vocab=model.config.vocab_size)
+    with torch.no_grad():
+        before = model(ids).logits
+    layers = layers_from_choice([1, 0, 1, 1, 0, 1], POOL)
+    student = build_student(model, layers)
+    seen = []
+    student.student.model.layers[0].self_attn.register_forward_hook(lambda *_: seen.append(1))
+    timed = student_latency(model, student.student, layers, RegimeConfig(seq_len=32), warmup=1, repeats=5)
+    assert seen, "the student's own (replaced) module ran inside the teacher"
+    assert timed["latency_ratio"] == pytest.approx(timed["student_s"] / timed["teacher_s"]) and timed["student_s"] > 0
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, before)  # the teacher got its own modules back
+    assert not isinstance(model.model.layers[0].self_attn, type(student.student.model.layers[0].self_attn))
+
+
 def test_cosine_schedule_endpoints():
     cfg = TrainConfig(steps=10, lr_max=1e-3, lr_min=1e-4, warmup_steps=2)
     assert cosine_lr(0, cfg) == pytest.approx(5e-4)
