@@ -17,7 +17,7 @@ from tasks.cost import measure_architectures
 from tasks.distill import distill_candidate
 from tasks.search import search
 from unast_core.assemble import describe
-from unast_core.baselines import DEPTH_CRITERIA, depth_plan, removal_order, uniform_layers
+from unast_core.baselines import DEPTH_CRITERIA, measured_depth_plan, removal_order, uniform_layers
 from unast_core.config import DistillConfig, RunConfig
 from unast_core.errors import InfeasibleBudget, UnastError
 from unast_core.modeling_unast import SUBLAYER_KINDS
@@ -41,21 +41,25 @@ def _plan(config: RunConfig, layers: list[dict], predicted: dict[str, float], me
 
 def choose_depth(prep: dict, config: RunConfig, budget: dict[str, float], lut: dict, states: dict, log) -> dict[str, Any]:
     """ShortGPT / Shortened LLaMA: rank blocks, drop the least important until the budget holds (predicted
-    by the table, then measured; one more block goes while the measurement exceeds the budget)."""
+    by the table, then measured): blocks go back while the measurement still holds the budget, one more
+    block goes while it exceeds it. So each lands on the fewest blocks whose measurement holds the budget."""
     ranked = block_importance(prep, states, config.teacher, config.method, config.score.seqs, config.score.batch_size)
     order = removal_order(ranked["importance"])
     log.info("%s: %s per block %s (%s)", config.method, ranked["criterion"],
              [round(x, 4) for x in ranked["importance"]], "reused" if ranked["reused"] else "measured")
-    plan = depth_plan(lut, order, budget)
-    measured = None
-    while True:
+
+    def measure(plan: dict[str, Any]) -> dict[str, float]:
         costs = measure_architectures(prep, config.teacher, [plan["layers"]], config.cost)
-        measured = costs["latency"][0]
-        if _within(budget, {"latency": measured}) or len(plan["removed"]) == len(order):
-            break
-        log.info("removing %d blocks measured latency %.3f > %.3f: removing one more", len(plan["removed"]), measured,
-                 budget.get("latency", 1.0))
-        plan = depth_plan(lut, order, budget, start=len(plan["removed"]) + 1)
+        return {"latency": costs["latency"][0], "params": costs["params"][0]}
+
+    def on_step(step: str, removed: int, latency: float) -> None:
+        if step == "back":
+            log.info("removing %d blocks measures latency %.3f, within the budget: one block goes back", removed, latency)
+        else:
+            log.info("removing %d blocks measures latency %.3f, over the budget: one more block goes", removed, latency)
+
+    plan, costs = measured_depth_plan(lut, order, budget, measure, LATENCY_TOLERANCE, on_step)
+    measured = costs["latency"]
     log.info("%s removes blocks %s: predicted %s, measured latency %.3f", config.method, plan["removed"],
              {k: round(v, 3) for k, v in plan["predicted_ratio"].items()}, measured)
     return _plan(config, plan["layers"], plan["predicted_ratio"], measured,

@@ -72,24 +72,56 @@ def depth_choice(lut: dict[str, Any], order: list[int], removed: int) -> list[in
     return [skip if i // 2 in gone else 0 for i in range(len(lut["costs"]["params"]))]
 
 
+def depth_layers(lut: dict[str, Any], order: list[int], removed: int) -> dict[str, Any]:
+    """The first `removed` blocks of `order` taken out: {"removed", "layers", "predicted_ratio"} (calibrated)."""
+    choice = depth_choice(lut, order, removed)
+    predicted = predict(lut, choice)
+    return {"removed": sorted(order[:removed]), "layers": layers_from_choice(choice, lut["pool"]),
+            "predicted_ratio": {n: calibrated_ratio(lut, n, predicted[n] / lut["teacher"][n]) for n in predicted}}
+
+
 def depth_plan(lut: dict[str, Any], order: list[int], budget: dict[str, float], start: int = 0) -> dict[str, Any]:
     """Remove blocks in `order` (at least `start`) until every budgeted cost, as predicted by the
     (calibrated) table, is within its fraction of the teacher's."""
     if {"op": "identity"} not in lut["pool"]:
         raise UnastError("depth pruning needs 'identity' in pool.ops")
 
-    def ratios(removed: int) -> dict[str, float]:
-        predicted = predict(lut, depth_choice(lut, order, removed))
-        return {n: calibrated_ratio(lut, n, predicted[n] / lut["teacher"][n]) for n in predicted}
-
     for removed in range(start, len(order) + 1):
-        predicted = ratios(removed)
-        if all(predicted[n] <= fraction + 1e-9 for n, fraction in budget.items()):
-            layers = layers_from_choice(depth_choice(lut, order, removed), lut["pool"])
-            return {"removed": sorted(order[:removed]), "layers": layers, "predicted_ratio": predicted}
-    smallest = ratios(len(order))
+        plan = depth_layers(lut, order, removed)
+        if all(plan["predicted_ratio"][n] <= fraction + 1e-9 for n, fraction in budget.items()):
+            return plan
+    smallest = depth_layers(lut, order, len(order))["predicted_ratio"]
     raise InfeasibleBudget(f"removing every block reaches only {', '.join(f'{n}={smallest[n]:.3f}' for n in budget)}; "
                            "raise the budget", {n: smallest[n] for n in budget})
+
+
+def measured_depth_plan(lut: dict[str, Any], order: list[int], budget: dict[str, float],
+                        measure: Callable[[dict[str, Any]], dict[str, float]], latency_tolerance: float,
+                        on_step: Callable[[str, int, float], None] | None = None) -> tuple[dict[str, Any], dict[str, float]]:
+    """The fewest blocks of `order` whose *measured* costs (`measure(plan)` -> {"latency", "params"}) hold the
+    budget (latency within `latency_tolerance`): start from the table's plan, put blocks back (the last
+    removed first) while the measurement holds, remove more while it does not. The table's calibration line
+    is fitted on mixed architectures and can be off for whole blocks in either direction."""
+    def holds(costs: dict[str, float]) -> bool:
+        return all(costs[n] <= v + (latency_tolerance if n == "latency" else 1e-9) for n, v in budget.items() if n in costs)
+
+    plan = depth_plan(lut, order, budget)
+    costs = measure(plan)
+    if holds(costs):
+        while plan["removed"]:
+            fewer = depth_layers(lut, order, len(plan["removed"]) - 1)
+            fewer_costs = measure(fewer)
+            if not holds(fewer_costs):
+                break
+            if on_step:
+                on_step("back", len(fewer["removed"]), fewer_costs["latency"])
+            plan, costs = fewer, fewer_costs
+    while not holds(costs) and len(plan["removed"]) < len(order):
+        if on_step:
+            on_step("more", len(plan["removed"]), costs["latency"])
+        plan = depth_plan(lut, order, budget, start=len(plan["removed"]) + 1)
+        costs = measure(plan)
+    return plan, costs
 
 
 def uniform_layers(config: Any, fraction: float) -> Layers:

@@ -11,7 +11,9 @@ from unast_core.adapters import Adapter
 from unast_core.assemble import build_student
 from unast_core.baselines import (
     block_influence,
+    depth_layers,
     depth_plan,
+    measured_depth_plan,
     loss_without_block,
     removal_order,
     scratch_student,
@@ -111,3 +113,28 @@ def test_scratch_student_copies_nothing_from_the_teacher():
     ids = _tokens(1, 8)
     with torch.no_grad():
         assert torch.isfinite(scratch(ids).logits).all()
+
+
+def test_measured_depth_plan_lands_on_the_fewest_blocks_whose_measurement_holds():
+    lut, order = _lut(), [2, 0, 3, 1]
+    assert depth_layers(lut, order, 3)["removed"] == [0, 2, 3]  # exactly that many, whatever the budget
+    steps = []
+
+    def measured(offset):  # the measurement = the table's prediction + offset, counting calls
+        def measure(plan):
+            steps.append(len(plan["removed"]))
+            return {"latency": plan["predicted_ratio"]["latency"] + offset, "params": plan["predicted_ratio"]["params"]}
+        return measure
+
+    # the table predicts 2 blocks (8/14 = 0.571 <= 0.6); measured 0.15 lower, 1 block (0.786 - 0.15) also holds
+    plan, costs = measured_depth_plan(lut, order, {"latency": 0.64}, measured(-0.15), 0.02)
+    assert plan["removed"] == [2] and costs["latency"] == pytest.approx(11 / 14 - 0.15) and steps == [2, 1, 0]
+    # measured 0.1 higher: 2 blocks measure 0.671 > 0.62, 3 blocks (0.357 + 0.1) hold
+    steps.clear()
+    plan, _ = measured_depth_plan(lut, order, {"latency": 0.6}, measured(0.1), 0.02)
+    assert plan["removed"] == [0, 2, 3] and steps == [2, 3]
+    # exact: the prediction holds and one block fewer does not (tolerance 0.02 < 0.214)
+    steps.clear()
+    assert measured_depth_plan(lut, order, {"latency": 0.6}, measured(0.0), 0.02)[0]["removed"] == [0, 2]
+    # a params budget is held on the measured (exact) parameters too
+    assert measured_depth_plan(lut, order, {"latency": 0.9, "params": 0.5}, measured(-0.5), 0.02)[0]["removed"] == [0, 2, 3]
