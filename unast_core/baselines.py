@@ -108,7 +108,9 @@ def measured_depth_plan(lut: dict[str, Any], order: list[int], budget: dict[str,
     plan = depth_plan(lut, order, budget)
     costs = measure(plan)
     if holds(costs):
-        while plan["removed"]:
+        # down to one block: removing none is the teacher, whose ratio is 1 by definition (a noisy
+        # measurement of it can come in under the budget on a tiny model)
+        while len(plan["removed"]) > 1:
             fewer = depth_layers(lut, order, len(plan["removed"]) - 1)
             fewer_costs = measure(fewer)
             if not holds(fewer_costs):

@@ -128,7 +128,9 @@ def test_measured_depth_plan_lands_on_the_fewest_blocks_whose_measurement_holds(
 
     # the table predicts 2 blocks (8/14 = 0.571 <= 0.6); measured 0.15 lower, 1 block (0.786 - 0.15) also holds
     plan, costs = measured_depth_plan(lut, order, {"latency": 0.64}, measured(-0.15), 0.02)
-    assert plan["removed"] == [2] and costs["latency"] == pytest.approx(11 / 14 - 0.15) and steps == [2, 1, 0]
+    assert plan["removed"] == [2] and costs["latency"] == pytest.approx(11 / 14 - 0.15) and steps == [2, 1]
+    # never back to no block removed (the teacher), whatever a noisy measurement says
+    assert measured_depth_plan(lut, order, {"latency": 0.64}, measured(-0.5), 0.02)[0]["removed"] == [2]
     # measured 0.1 higher: 2 blocks measure 0.671 > 0.62, 3 blocks (0.357 + 0.1) hold
     steps.clear()
     plan, _ = measured_depth_plan(lut, order, {"latency": 0.6}, measured(0.1), 0.02)
