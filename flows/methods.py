@@ -17,7 +17,7 @@ from tasks.cost import measure_architectures
 from tasks.distill import distill_candidate
 from tasks.search import search
 from unast_core.assemble import describe
-from unast_core.baselines import DEPTH_CRITERIA, measured_depth_plan, removal_order, uniform_layers
+from unast_core.baselines import DEPTH_CRITERIA, measured_depth_plan, removal_order, uniform_layers, within_budget
 from unast_core.config import DistillConfig, RunConfig
 from unast_core.errors import InfeasibleBudget, UnastError
 from unast_core.modeling_unast import SUBLAYER_KINDS
@@ -27,7 +27,7 @@ LATENCY_TOLERANCE = 0.02  # every method: a measured ratio may exceed the budget
 
 
 def _within(budget: dict[str, float], ratios: dict[str, float]) -> bool:
-    return all(ratios[n] <= v + (LATENCY_TOLERANCE if n == "latency" else 1e-9) for n, v in budget.items() if n in ratios)
+    return within_budget(budget, ratios, LATENCY_TOLERANCE)
 
 
 def _plan(config: RunConfig, layers: list[dict], predicted: dict[str, float], measured: float | None, stem: str,

@@ -72,6 +72,11 @@ def depth_choice(lut: dict[str, Any], order: list[int], removed: int) -> list[in
     return [skip if i // 2 in gone else 0 for i in range(len(lut["costs"]["params"]))]
 
 
+def within_budget(budget: dict[str, float], ratios: dict[str, float], latency_tolerance: float) -> bool:
+    """Every budgeted cost present in `ratios` is within its fraction (latency: plus `latency_tolerance`)."""
+    return all(ratios[n] <= v + (latency_tolerance if n == "latency" else 1e-9) for n, v in budget.items() if n in ratios)
+
+
 def depth_layers(lut: dict[str, Any], order: list[int], removed: int) -> dict[str, Any]:
     """The first `removed` blocks of `order` taken out: {"removed", "layers", "predicted_ratio"} (calibrated)."""
     choice = depth_choice(lut, order, removed)
@@ -103,7 +108,7 @@ def measured_depth_plan(lut: dict[str, Any], order: list[int], budget: dict[str,
     removed first) while the measurement holds, remove more while it does not. The table's calibration line
     is fitted on mixed architectures and can be off for whole blocks in either direction."""
     def holds(costs: dict[str, float]) -> bool:
-        return all(costs[n] <= v + (latency_tolerance if n == "latency" else 1e-9) for n, v in budget.items() if n in costs)
+        return within_budget(budget, costs, latency_tolerance)
 
     plan = depth_plan(lut, order, budget)
     costs = measure(plan)
