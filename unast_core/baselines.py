@@ -100,35 +100,45 @@ def depth_plan(lut: dict[str, Any], order: list[int], budget: dict[str, float], 
                            "raise the budget", {n: smallest[n] for n in budget})
 
 
+def measured_step(count: int, start: int, measure: Callable[[int], dict[str, float]], holds: Callable[[dict[str, float]], bool],
+                  on_step: Callable[[str, int, dict[str, float]], None] | None = None) -> tuple[int, dict[str, float]]:
+    """Plans 0..count-1 ordered from the most expensive to the cheapest; from plan `start` (a prediction),
+    the most expensive plan whose *measured* costs hold: step to more expensive plans while their
+    measurement holds, to cheaper ones while it does not. `on_step("back" | "more", index, costs)` reports
+    each step. Returns (index, its measured costs); the cheapest plan when none holds."""
+    index = min(max(start, 0), count - 1)
+    costs = measure(index)
+    if holds(costs):
+        while index > 0:
+            dearer = measure(index - 1)
+            if not holds(dearer):
+                break
+            index, costs = index - 1, dearer
+            if on_step:
+                on_step("back", index, costs)
+    while not holds(costs) and index < count - 1:
+        if on_step:
+            on_step("more", index, costs)
+        index += 1
+        costs = measure(index)
+    return index, costs
+
+
 def measured_depth_plan(lut: dict[str, Any], order: list[int], budget: dict[str, float],
                         measure: Callable[[dict[str, Any]], dict[str, float]], latency_tolerance: float,
                         on_step: Callable[[str, int, float], None] | None = None) -> tuple[dict[str, Any], dict[str, float]]:
     """The fewest blocks of `order` whose *measured* costs (`measure(plan)` -> {"latency", "params"}) hold the
     budget (latency within `latency_tolerance`): start from the table's plan, put blocks back (the last
     removed first) while the measurement holds, remove more while it does not. The table's calibration line
-    is fitted on mixed architectures and can be off for whole blocks in either direction."""
-    def holds(costs: dict[str, float]) -> bool:
-        return within_budget(budget, costs, latency_tolerance)
-
-    plan = depth_plan(lut, order, budget)
-    costs = measure(plan)
-    if holds(costs):
-        # down to one block: removing none is the teacher, whose ratio is 1 by definition (a noisy
-        # measurement of it can come in under the budget on a tiny model)
-        while len(plan["removed"]) > 1:
-            fewer = depth_layers(lut, order, len(plan["removed"]) - 1)
-            fewer_costs = measure(fewer)
-            if not holds(fewer_costs):
-                break
-            if on_step:
-                on_step("back", len(fewer["removed"]), fewer_costs["latency"])
-            plan, costs = fewer, fewer_costs
-    while not holds(costs) and len(plan["removed"]) < len(order):
-        if on_step:
-            on_step("more", len(plan["removed"]), costs["latency"])
-        plan = depth_plan(lut, order, budget, start=len(plan["removed"]) + 1)
-        costs = measure(plan)
-    return plan, costs
+    is fitted on mixed architectures and can be off for whole blocks in either direction. At least one block
+    goes: removing none is the teacher, whose ratio is 1 by definition (a noisy measurement of it can come
+    in under the budget on a tiny model)."""
+    start = len(depth_plan(lut, order, budget)["removed"])
+    # plan k removes k + 1 blocks: from the most expensive to the cheapest
+    index, costs = measured_step(len(order), start - 1, lambda k: measure(depth_layers(lut, order, k + 1)),
+                                 lambda costs: within_budget(budget, costs, latency_tolerance),
+                                 (lambda step, k, costs: on_step(step, k + 1, costs["latency"])) if on_step else None)
+    return depth_layers(lut, order, index + 1), costs
 
 
 def uniform_layers(config: Any, fraction: float) -> Layers:

@@ -178,7 +178,8 @@ METHODS = ("unast", "unast-depth", "shortgpt", "shortened-llama", "uniform", "ra
 class BaselineConfig(_Strict):
     """Settings of the comparison methods (`method` other than unast)."""
 
-    widths: list[float] = Field([0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125], min_length=1,
+    # a fine grid, so that the chosen width lands near the budget (the method itself has no other knob)
+    widths: list[float] = Field([round(0.05 * k, 2) for k in range(19, 1, -1)], min_length=1,
                                 description="uniform: width fractions tried (widest that meets the budget wins)")
     architecture: Path | None = Field(None, description="random-init: results.json (or its directory) of a UNAST "
                                       "run whose architecture to train from scratch; default: this run's search")

@@ -13,8 +13,9 @@ from unast_core.baselines import (
     block_influence,
     depth_layers,
     depth_plan,
-    measured_depth_plan,
     loss_without_block,
+    measured_depth_plan,
+    measured_step,
     removal_order,
     scratch_student,
     uniform_layers,
@@ -140,3 +141,26 @@ def test_measured_depth_plan_lands_on_the_fewest_blocks_whose_measurement_holds(
     assert measured_depth_plan(lut, order, {"latency": 0.6}, measured(0.0), 0.02)[0]["removed"] == [0, 2]
     # a params budget is held on the measured (exact) parameters too
     assert measured_depth_plan(lut, order, {"latency": 0.9, "params": 0.5}, measured(-0.5), 0.02)[0]["removed"] == [0, 2, 3]
+
+
+def test_measured_step_finds_the_most_expensive_plan_whose_measurement_holds():
+    latency = [0.95, 0.8, 0.7, 0.6, 0.4]  # plans from the most expensive to the cheapest (measured)
+    calls, steps = [], []
+
+    def measure(k):
+        calls.append(k)
+        return {"latency": latency[k]}
+
+    def holds(costs):
+        return costs["latency"] <= 0.72
+
+    # predicted plan 3 holds: step back to 2 (holds), 1 does not
+    assert measured_step(5, 3, measure, holds, lambda step, k, c: steps.append((step, k))) == (2, {"latency": 0.7})
+    assert calls == [3, 2, 1] and steps == [("back", 2)]
+    # predicted plan 0 does not hold: narrower until one holds
+    calls.clear(), steps.clear()
+    assert measured_step(5, 0, measure, holds, lambda step, k, c: steps.append((step, k)))[0] == 2
+    assert calls == [0, 1, 2] and steps == [("more", 0), ("more", 1)]
+    # nothing holds: the cheapest plan comes back with its (failing) costs; a start out of range is clamped
+    assert measured_step(5, 9, measure, lambda c: c["latency"] < 0.1) == (4, {"latency": 0.4})
+    assert measured_step(5, -1, measure, lambda c: True) == (0, {"latency": 0.95})
