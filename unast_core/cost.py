@@ -205,14 +205,25 @@ def student_latency(teacher: torch.nn.Module, student: torch.nn.Module, layers: 
     interleaved with the teacher, weights colocated. Kept sublayers cost what the teacher's do (same shapes),
     so this is the student's computation; it leaves out where a separately built model's memory happens to
     sit, which on a virtual machine moved readings by up to 0.1 (see `evaluate.colocate`)."""
-    adapter, own = Adapter(teacher), Adapter(student)
-    replaced = {s.index: own.modules_of(own.sublayers[s.index]) for s in adapter.sublayers
-                if layers[s.block][s.kind]["op"] != "teacher"}
-    ids = regime_inputs(regime, teacher.config.vocab_size, next(teacher.parameters()).device)
-    medians = interleaved_latency(_swapped_runs(adapter, ids, {"teacher": {}, "student": replaced}, regime.kind),
-                                  warmup, repeats)
+    medians = students_latency(teacher, {"student": (student, layers)}, regime, warmup, repeats)
     return {"teacher_s": medians["teacher"], "student_s": medians["student"],
             "latency_ratio": medians["student"] / medians["teacher"]}
+
+
+def students_latency(teacher: torch.nn.Module, students: dict[str, tuple[torch.nn.Module, list[dict[str, Any]]]],
+                     regime: RegimeConfig, warmup: int, repeats: int) -> dict[str, float]:
+    """Median seconds of the teacher ("teacher") and of each student {name: (its decoder, its layers)}, all
+    timed in one interleaved loop as in `student_latency`: the side-by-side reading of several models."""
+    if "teacher" in students:
+        raise ValueError("'teacher' names the reference timing; rename that student")
+    adapter = Adapter(teacher)
+    variants: dict[str, dict[int, dict[str, torch.nn.Module]]] = {"teacher": {}}
+    for name, (student, layers) in students.items():
+        own = Adapter(student)
+        variants[name] = {s.index: own.modules_of(own.sublayers[s.index]) for s in adapter.sublayers
+                          if layers[s.block][s.kind]["op"] != "teacher"}
+    ids = regime_inputs(regime, teacher.config.vocab_size, next(teacher.parameters()).device)
+    return interleaved_latency(_swapped_runs(adapter, ids, variants, regime.kind), warmup, repeats)
 
 
 def corrected_budget(budget: dict[str, float], predicted: list[float], measured: list[float]) -> dict[str, float]:

@@ -126,6 +126,30 @@ def test_student_latency_installs_the_students_own_modules_and_restores_the_teac
     assert not isinstance(model.model.layers[0].self_attn, type(student.student.model.layers[0].self_attn))
 
 
+def test_students_latency_times_several_students_side_by_side():
+    from unast_core.cost import students_latency
+
+    model = tiny_model("llama")
+    ids = _tokens(n=1, seq=32, vocab=model.config.vocab_size)
+    with torch.no_grad():
+        before = model(ids).logits
+    ran = {"a": 0, "b": 0}
+    students = {}
+    for name, choice in (("a", [1, 0, 1, 1, 0, 1]), ("b", [0, 1, 0, 0, 1, 0])):
+        layers = layers_from_choice(choice, POOL)
+        student = build_student(model, layers)
+        first = student.student.model.layers[0]
+        (first.self_attn if choice[0] else first.mlp).register_forward_hook(lambda *_, n=name: ran.__setitem__(n, ran[n] + 1))
+        students[name] = (student.student, layers)
+    medians = students_latency(model, students, RegimeConfig(seq_len=32), warmup=1, repeats=3)
+    assert set(medians) == {"teacher", "a", "b"} and all(v > 0 for v in medians.values())
+    assert ran["a"] >= 4 and ran["b"] >= 4  # each student's own replaced module ran (warmup + repeats)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, before)
+    with pytest.raises(ValueError, match="rename"):
+        students_latency(model, {"teacher": students["a"]}, RegimeConfig(seq_len=32), warmup=1, repeats=1)
+
+
 def test_cosine_schedule_endpoints():
     cfg = TrainConfig(steps=10, lr_max=1e-3, lr_min=1e-4, warmup_steps=2)
     assert cosine_lr(0, cfg) == pytest.approx(5e-4)
