@@ -103,8 +103,9 @@ def test_every_baseline_method_builds_a_model_on_the_same_store(tmp_path):
     outputs = {}
     for method in ("shortgpt", "shortened-llama", "unast-depth", "uniform", "random-init"):
         out = tmp_path / method
-        # the tiny teacher's latency is overhead: narrowing every layer does not reach a latency budget there
-        budget = "params=0.6" if method == "uniform" else "latency=0.6"
+        # the tiny teacher's latency is mostly overhead: narrowing every layer does not reach a latency budget
+        # there, and how low one can go depends on the machine's load when the table is measured
+        budget = "params=0.6" if method == "uniform" else "latency=0.7"
         proc = _unast(tmp_path, "--preset", "smoke", "--method", method, "--budget", budget, "--output", str(out))
         assert proc.returncode == 0, (method, proc.stderr[-3000:])
         outputs[method] = json.loads((out / "results.json").read_text()), proc.stdout + proc.stderr
