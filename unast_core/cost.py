@@ -69,6 +69,13 @@ def build_lut(model: torch.nn.Module, pool: list[dict[str, Any]], regime: Regime
     # On a noisy machine the per-kind differences can over-count; the fixed part is never more than the
     # model with every sublayer skipped, which is measured directly.
     fixed["latency"] = min(fixed["latency"], measured["all:identity"])
+    if fixed["latency"] < 0:
+        # Nor less than nothing: skipping attention alone and MLP alone each saved so much that together they
+        # would save more than the whole model takes (noise on a tiny or busy model). The teacher's sublayers
+        # are scaled down to add up to the teacher, so its prediction stays exact and no cost goes negative.
+        scale = teacher["latency"] / sum(row[0] for row in latency)
+        costs["latency"] = latency = [[c * scale for c in row] for row in latency]
+        fixed["latency"] = 0.0
     lut = {"pool": pool, "names": names, "regime": regime.model_dump(), "device": str(device), "costs": costs,
            "weight_bytes": [[p * width for p in row] for row in params], "kv_bytes_per_token": kv,
            "fixed": fixed, "teacher": teacher, "measured": measured, "calibration": {}}

@@ -126,6 +126,24 @@ def test_student_latency_installs_the_students_own_modules_and_restores_the_teac
     assert not isinstance(model.model.layers[0].self_attn, type(student.student.model.layers[0].self_attn))
 
 
+def test_lut_fixed_part_is_never_negative(monkeypatch):
+    """Noise can make skipping attention alone and MLP alone each look cheaper than half the model: the
+    table then scales the sublayers down instead of predicting a negative fixed part."""
+    import unast_core.cost as cost
+
+    def fake(variants, warmup, repeats):  # teacher 1.0; each kind skipped alone 0.3; everything skipped 0.2
+        return {name: {"teacher": 1.0, "all:identity": 0.2}.get(name, 0.3) for name in variants}
+
+    monkeypatch.setattr(cost, "interleaved_latency", fake)
+    model = tiny_model("llama")
+    lut = build_lut(model, POOL, RegimeConfig(batch_size=1, seq_len=16), warmup=0, repeats=1)
+    n = len(Adapter(model).sublayers)
+    assert lut["fixed"]["latency"] == 0.0
+    assert all(row[0] > 0 and row[1] == 0 for row in lut["costs"]["latency"])
+    assert predict(lut, [0] * n)["latency"] == pytest.approx(1.0)  # the teacher's prediction stays exact
+    assert predict(lut, [1] * n)["latency"] == 0.0
+
+
 def test_students_latency_times_several_students_side_by_side():
     from unast_core.cost import students_latency
 
