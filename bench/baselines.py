@@ -82,6 +82,8 @@ def side_by_side(rows: list[dict], model: str, rounds: int, repeats: int) -> Non
     teacher = load_teacher(model).model.eval().requires_grad_(False)
     for budget in sorted({r["budget"] for r in rows}, reverse=True):
         group = [r for r in rows if r["budget"] == budget and "error" not in r]
+        if not group:
+            continue
         students = {}
         for r in group:
             results = json.loads((Path(r["output"]) / "results.json").read_text())
