@@ -100,8 +100,7 @@ def side_by_side(rows: list[dict], model: str, rounds: int, repeats: int) -> Non
             values = sorted(readings[r["method"]])
             r["eval_latency_ratio"] = r["latency_ratio"]
             r["latency_ratio"], r["latency_spread"] = values[len(values) // 2], values[-1] - values[0]
-        print(f"side by side at {budget:g}: " + ", ".join(f"{n} {sorted(v)[len(v) // 2]:.3f}" for n, v in readings.items()),
-              flush=True)
+        print(f"side by side at {budget:g}: " + ", ".join(f"{r['method']} {r['latency_ratio']:.3f}" for r in group), flush=True)
 
 
 def checks(rows: list[dict]) -> list[str]:

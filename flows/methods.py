@@ -37,6 +37,12 @@ def _within(budget: dict[str, float], ratios: dict[str, float]) -> bool:
     return within_budget(budget, ratios, LATENCY_TOLERANCE)
 
 
+def _measure_one(prep: dict, config: RunConfig, layers: list[dict]) -> dict[str, float]:
+    """One architecture timed alone against the teacher: {"latency": measured ratio, "params": exact ratio}."""
+    costs = measure_architectures(prep, config.teacher, [layers], config.cost)
+    return {"latency": costs["latency"][0], "params": costs["params"][0]}
+
+
 def _plan(config: RunConfig, layers: list[dict], predicted: dict[str, float], measured: float | None, stem: str,
           run_dir: str, extra: dict[str, Any], candidates: dict | None = None, init: str | None = None,
           finetune=None) -> dict[str, Any]:
@@ -56,8 +62,7 @@ def choose_depth(prep: dict, config: RunConfig, budget: dict[str, float], lut: d
              [round(x, 4) for x in ranked["importance"]], "reused" if ranked["reused"] else "measured")
 
     def measure(plan: dict[str, Any]) -> dict[str, float]:
-        costs = measure_architectures(prep, config.teacher, [plan["layers"]], config.cost)
-        return {"latency": costs["latency"][0], "params": costs["params"][0]}
+        return _measure_one(prep, config, plan["layers"])
 
     def on_step(step: str, removed: int, latency: float) -> None:
         if step == "back":
@@ -94,8 +99,7 @@ def choose_uniform(prep: dict, config: RunConfig, budget: dict[str, float], cali
     start = next((k for k, r in enumerate(rows) if _within(budget, r)), len(rows) - 1)
 
     def measure(k: int) -> dict[str, float]:
-        alone = measure_architectures(prep, config.teacher, [layer_sets[k]], config.cost)
-        return {"latency": alone["latency"][0], "params": alone["params"][0]}
+        return _measure_one(prep, config, layer_sets[k])
 
     def on_step(step: str, k: int, costs: dict[str, float]) -> None:
         log.info("uniform width %g measures latency %.3f alone: %s", widths[k], costs["latency"],
