@@ -69,15 +69,15 @@ def run_one(method: str, budget: float, args: argparse.Namespace) -> dict:
 
 def side_by_side(rows: list[dict], model: str, rounds: int, repeats: int) -> None:
     """Time every exported model of a budget together with the teacher: their trained modules installed in the
-    teacher, one interleaved loop, weights colocated (`cost.students_latency`), `rounds` times. Sets each row's
+    teacher, one interleaved loop, weights colocated (`latency.students_latency`), `rounds` times. Sets each row's
     "latency_ratio" to the median over rounds (the reading the checks use) and "latency_spread" to the range
     over rounds: readings from runs made hours apart on a shared machine are not comparable within 0.05."""
     import torch
 
     from unast_core.config import RegimeConfig
-    from unast_core.cost import students_latency
-    from unast_core.modeling_unast import UnastForCausalLM
-    from unast_core.teacher import load_teacher
+    from unast_core.search.latency import students_latency
+    from unast_core.model.modeling_unast import UnastForCausalLM
+    from unast_core.model.teacher import load_teacher
 
     teacher = load_teacher(model).model.eval().requires_grad_(False)
     for budget in sorted({r["budget"] for r in rows}, reverse=True):
@@ -177,7 +177,7 @@ def main() -> None:
     if args.side_by_side_rounds:
         side_by_side(rows, args.model, args.side_by_side_rounds, args.side_by_side_repeats)
 
-    from unast_core.figures import markdown_table
+    from unast_core.report.figures import markdown_table
 
     header = ["method", "budget", "measured latency", "spread", "at evaluation", "at search", "separate object", "params",
               "test ppl", "KL to teacher", "wall (s)", "architecture"]

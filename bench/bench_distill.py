@@ -25,19 +25,19 @@ def worker(args: argparse.Namespace) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if args.device == "cpu" else "cuda")
     import torch
 
-    from unast_core.activations import capture, is_captured
-    from unast_core.adapters import Adapter
+    from unast_core.train.activations import capture, is_captured
+    from unast_core.model.adapters import Adapter
     from unast_core.config import (
         AttentionCandidate,
         MlpCandidate,
         PoolConfig,
         build_config,
     )
-    from unast_core.data import build_splits
-    from unast_core.distill import distill
-    from unast_core.modeling_unast import applies
-    from unast_core.operators import resolve_pool
-    from unast_core.teacher import load_teacher
+    from unast_core.data.corpus import build_splits
+    from unast_core.train.distill import distill
+    from unast_core.model.ops import OpSpec
+    from unast_core.model.operators import resolve_pool
+    from unast_core.model.teacher import load_teacher
 
     cfg = build_config("cpu", overrides={"teacher.model": args.model, "distill.steps": args.steps,
                                          "distill.patience": 10**6, "distill.eval_every": 10**6,
@@ -55,7 +55,7 @@ def worker(args: argparse.Namespace) -> None:
     for spec in pool[1:]:
         for kind in ("attn", "mlp"):
             index = 2 * args.block + (kind == "mlp")
-            if not applies(spec, kind):
+            if not OpSpec.of(spec).applies(kind):
                 continue
             _, m = distill(adapter, index, spec, states, cfg.distill, "teacher")
             rows.append({"engine": args.engine, "device": args.device, "sublayer": f"{args.block}.{kind}",

@@ -18,13 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from unast_core.activations import capture, is_captured, mean_loss  # noqa: E402
-from unast_core.adapters import Adapter  # noqa: E402
+from unast_core.train.activations import capture, is_captured, mean_loss  # noqa: E402
+from unast_core.model.adapters import Adapter  # noqa: E402
 from unast_core.config import build_config  # noqa: E402
-from unast_core.data import build_splits  # noqa: E402
-from unast_core.evaluate import kd_terms, lm_loss  # noqa: E402
-from unast_core.scoring import score_sublayer  # noqa: E402
-from unast_core.teacher import load_teacher  # noqa: E402
+from unast_core.data.corpus import build_splits  # noqa: E402
+from unast_core.train.losses import kd_terms, lm_loss  # noqa: E402
+from unast_core.search.scoring import score_sublayer  # noqa: E402
+from unast_core.model.teacher import load_teacher  # noqa: E402
 
 
 @torch.inference_mode()
@@ -51,7 +51,7 @@ def main() -> None:
     if not is_captured(states):
         meta = capture(model, tokens, states, 4)
     else:
-        from unast_core.activations import load_meta
+        from unast_core.train.activations import load_meta
         meta = load_meta(states)
     base = mean_loss(meta, args.seqs)
     batch = cfg.score.batch_size

@@ -1,4 +1,4 @@
-"""Benchmark of unast_core.search.solve: 100 diverse solutions, 80 sublayers x 16 candidates.
+"""Benchmark of unast_core.search.ilp.solve: 100 diverse solutions, 80 sublayers x 16 candidates.
 
 Latency-like costs: candidate 0 is the teacher (best score, highest cost); cheaper candidates
 score worse. The latency limit is 0.6 of the teacher (all index-0) cost. Run:
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from unast_core.search import solve
+from unast_core.search.ilp import solve
 
 
 def make_instance(n: int, m: int, seed: int):

@@ -23,17 +23,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from unast_core.activations import capture, is_captured  # noqa: E402
-from unast_core.adapters import Adapter  # noqa: E402
-from unast_core.assemble import build_student  # noqa: E402
+from unast_core.train.activations import capture, is_captured  # noqa: E402
+from unast_core.model.adapters import Adapter  # noqa: E402
+from unast_core.model.assemble import build_student  # noqa: E402
 from unast_core.config import AttentionCandidate, MlpCandidate, PoolConfig, build_config  # noqa: E402
-from unast_core.data import build_splits  # noqa: E402
-from unast_core.distill import distill  # noqa: E402
-from unast_core.evaluate import perplexity  # noqa: E402
-from unast_core.figures import markdown_table  # noqa: E402
-from unast_core.operators import candidate_state, resolve_pool  # noqa: E402
+from unast_core.data.corpus import build_splits  # noqa: E402
+from unast_core.train.distill import distill  # noqa: E402
+from unast_core.train.losses import perplexity  # noqa: E402
+from unast_core.report.figures import markdown_table  # noqa: E402
+from unast_core.model.operators import candidate_state, resolve_pool  # noqa: E402
 from unast_core.store import write_tensors  # noqa: E402
-from unast_core.teacher import load_teacher  # noqa: E402
+from unast_core.model.teacher import load_teacher  # noqa: E402
 
 
 def main() -> None:

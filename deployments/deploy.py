@@ -15,6 +15,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from flows.compress import compress  # noqa: E402
+from flows.runners import task_runner  # noqa: E402
 from unast_core.config import build_config, parse_budget  # noqa: E402
 
 
@@ -29,8 +30,11 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--budget", action="append", default=[])
     parser.add_argument("--cron", default=None, help="schedule, e.g. '0 2 * * *'")
+    parser.add_argument("--runner", default="serial", help="serial, dask or dask://HOST:PORT (fixed when served)")
+    parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args()
-    compress.serve(name=args.name, parameters=deployment_parameters(args.preset, args.budget), cron=args.cron,
+    config = build_config(args.preset, overrides={"orchestration": {"runner": args.runner, "workers": args.workers}})
+    compress.with_options(task_runner=task_runner(config.orchestration)).serve(name=args.name, parameters=deployment_parameters(args.preset, args.budget), cron=args.cron,
                    tags=["unast"])
 
 

@@ -11,7 +11,10 @@ from pathlib import Path
 
 for _key, _value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
                      "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false",
-                     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}.items():
+                     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+                     # the local server migrates its database on first start: on a loaded 2-core box that
+                     # took longer than Prefect's default 20 s
+                     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}.items():
     os.environ.setdefault(_key, _value)
 
 import yaml  # noqa: E402
@@ -60,6 +63,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--output", help="directory for the exported checkpoint and results.json")
     run.add_argument("--config", type=Path, help="YAML file of settings")
     run.add_argument("--home", help="run store and MLflow database (default .unast)")
+    run.add_argument("--runner", help="serial (default), dask (a local Dask cluster; one worker per GPU on a GPU "
+                     "machine) or dask://HOST:PORT (an existing scheduler)")
+    run.add_argument("--workers", type=int, help="dask: worker processes (default: GPUs, else 2)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. finetune.steps=10")
     report = sub.add_parser("report", help="print the results of an exported run")
     report.add_argument("dir", type=Path)
@@ -83,6 +89,10 @@ def _overrides(args: argparse.Namespace) -> dict:
         overrides["method"] = args.method
     if args.home:
         overrides["home"] = args.home
+    if args.runner:
+        overrides["orchestration.runner"] = args.runner
+    if args.workers:
+        overrides["orchestration.workers"] = args.workers
     return overrides
 
 
@@ -93,24 +103,25 @@ def _run(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would otherwise warn while probing for GPUs
     from unast_core.store import check_output_dir
-    from unast_core.teacher import check_teacher_spec
+    from unast_core.model.teacher import check_teacher_spec
 
     check_teacher_spec(config.teacher.model, config.teacher.trust_remote_code)
     check_output_dir(config.output)
     logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)  # noisy on ephemeral-server shutdown
     from flows.compress import compress
-    from unast_core.report import console_summary
+    from flows.runners import task_runner
+    from unast_core.report.card import console_summary
 
     for name in ("prefect", "prefect.task_runs", "prefect.flow_runs"):
         logging.getLogger(name).addFilter(_QuietUserErrors())
-    results = compress(config)
+    results = compress.with_options(task_runner=task_runner(config.orchestration))(config)
     for one in results.get("family", [results]):
         print("\n" + console_summary(one))
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from unast_core.report import full_report
+    from unast_core.report.card import full_report
 
     family = args.dir / "family.json"
     if family.exists():  # a budget family: one report per model

@@ -1,41 +1,69 @@
-"""What every task shares: the teacher (loaded once per process), token splits, progress bars, the store."""
+"""What every task shares: the teacher (loaded once per worker thread), token splits, progress bars, and the
+host locks that keep timing apart from compute.
+
+A task runs in whichever worker process the runner picks: it loads what it needs from the run store and
+the converted-teacher cache (both on a filesystem every worker sees), and returns a small record.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
+import logging
+import os
 import sys
+import tempfile
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import torch
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
 from tqdm.auto import tqdm
 
 from unast_core.config import TeacherConfig
-from unast_core.store import RunStore, read_tensors
-from unast_core.teacher import Teacher, load_teacher
+from unast_core.model.teacher import Teacher, load_teacher
+from unast_core.records import Prepared
+from unast_core.store import read_tensors
 
-# Tasks swap a teacher's sublayers in place while scoring / timing: one user at a time per process.
-TEACHER_LOCK = threading.RLock()
+THREADS_ENV = "UNAST_TORCH_THREADS"  # set on Dask workers: torch threads per worker process
 
 
-@functools.lru_cache(maxsize=2)
-def _teacher(model: str, cache_dir: str | None, trust_remote_code: bool) -> Teacher:
+@functools.lru_cache(maxsize=4)
+def _teacher(model: str, cache_dir: str | None, trust_remote_code: bool, thread: int) -> Teacher:
     teacher = load_teacher(model, Path(cache_dir) if cache_dir else None, trust_remote_code)
     teacher.model.requires_grad_(False)
     return teacher
 
 
 def teacher_for(cfg: TeacherConfig) -> Teacher:
-    return _teacher(cfg.model, str(cfg.cache_dir) if cfg.cache_dir else None, cfg.trust_remote_code)
+    """The teacher, loaded once per process and thread. Tasks swap its sublayers in place while scoring and
+    timing, so two tasks running at once in one process (a Dask worker with several threads) each get
+    their own copy: correctness never rests on a lock."""
+    setup_worker()
+    return _teacher(cfg.model, str(cfg.cache_dir) if cfg.cache_dir else None, cfg.trust_remote_code,
+                    threading.get_ident())
 
 
-def store_for(prep: dict) -> RunStore:
-    return RunStore(Path(prep["home"]), prep["fingerprint"])
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run's logger inside a flow or task run; a plain logger when called outside one."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("unast")
 
 
-def splits(prep: dict) -> dict[str, torch.Tensor]:
-    return read_tensors(Path(prep["data_path"]))
+def setup_worker() -> None:
+    """Torch threads of a Dask worker process: cores / workers, set by the runner in the worker's env."""
+    threads = os.environ.get(THREADS_ENV)
+    if threads and torch.get_num_threads() != int(threads):
+        torch.set_num_threads(int(threads))
+
+
+def splits(prep: Prepared) -> dict[str, torch.Tensor]:
+    return read_tensors(Path(prep.data_path))
 
 
 def progress(total: int, desc: str) -> tqdm:
@@ -43,14 +71,37 @@ def progress(total: int, desc: str) -> tqdm:
 
 
 @contextlib.contextmanager
-def on_device(device: str, *models: torch.nn.Module):
-    """Hold the teacher lock and run `models` on `device`; they go back to the CPU whatever happens
-    (the cached teacher is shared by every task in the process)."""
-    with TEACHER_LOCK:
+def on_device(device: str, *models: torch.nn.Module) -> Iterator[None]:
+    """Run `models` on `device`; they go back to the CPU whatever happens (the teacher is cached)."""
+    for model in models:
+        model.to(device)
+    try:
+        yield
+    finally:
         for model in models:
-            model.to(device)
+            model.to("cpu")
+
+
+def _host_lock_path() -> Path:
+    return Path(os.environ.get("UNAST_HOST_LOCK", Path(tempfile.gettempdir()) / f"unast-host-{os.getuid()}.lock"))
+
+
+@contextlib.contextmanager
+def _host_lock(mode: int) -> Iterator[None]:
+    with open(_host_lock_path(), "a+") as handle:
+        fcntl.flock(handle, mode)
         try:
             yield
         finally:
-            for model in models:
-                model.to("cpu")
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def computing() -> contextlib.AbstractContextManager[None]:
+    """Held (shared) by every compute task while it trains or runs the teacher: many at once on a host."""
+    return _host_lock(fcntl.LOCK_SH)
+
+
+def timing() -> contextlib.AbstractContextManager[None]:
+    """Held (exclusive) by every task that times latency: it waits until no compute task of any UNAST run
+    on this host is running, and no compute task starts until it is done. Host-local file lock (flock)."""
+    return _host_lock(fcntl.LOCK_EX)

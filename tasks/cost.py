@@ -3,43 +3,45 @@ from __future__ import annotations
 import torch
 from prefect import task
 
-from tasks.common import on_device, store_for, teacher_for
-from unast_core.config import CostConfig, TeacherConfig
-from unast_core.cost import MEASUREMENT, architecture_params, build_lut, measure_ratios
+from tasks.common import on_device, teacher_for, timing
+from unast_core.config import CostConfig
+from unast_core.records import CostTable, Prepared
+from unast_core.search.cost import architecture_params, build_lut
+from unast_core.search.latency import MEASUREMENT, measure_ratios, resolve_device
 from unast_core.store import content_key, read_json, write_json
 
 
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+def _record(path, lut: dict, reused: bool) -> CostTable:
+    return CostTable(path=str(path), device=lut["device"], regime=lut["regime"], teacher=lut["teacher"],
+                     fixed=lut["fixed"], calibration=lut.get("calibration", {}).get("latency"), reused=reused)
 
 
-@task(name="cost", tags=["unast-compute"])
-def cost_table(prep: dict, teacher_cfg: TeacherConfig, pool: list[dict], cfg: CostConfig) -> dict:
-    """Stage 4: the lookup table for one device and regime, reused across runs and budgets."""
+@task(name="cost", tags=["unast-timing"])
+def cost_table(prep: Prepared, cfg: CostConfig) -> CostTable:
+    """Stage 4: the lookup table for one device and regime, reused across runs and budgets. Timed alone
+    on the host (`timing`)."""
     device = resolve_device(cfg.device)
-    path = store_for(prep).lut(device, content_key(pool, cfg.model_dump(), torch.get_num_threads(), MEASUREMENT))
+    path = prep.store().lut(device, content_key(prep.pool, cfg.model_dump(), torch.get_num_threads(), MEASUREMENT))
     if path.exists():
-        return {"path": str(path), "reused": True}
-    model = teacher_for(teacher_cfg).model
-    with on_device(device, model):
-        lut = build_lut(model, pool, cfg.regime, cfg.warmup, cfg.repeats, cfg.calibration_samples)
+        return _record(path, read_json(path), True)
+    model = teacher_for(prep.teacher).model
+    with timing(), on_device(device, model):
+        lut = build_lut(model, prep.pool, cfg.regime, cfg.warmup, cfg.repeats, cfg.calibration_samples)
     write_json(path, lut)
-    return {"path": str(path), "reused": False}
+    return _record(path, lut, False)
 
 
-@task(name="measure-architectures", tags=["unast-compute"])
-def measure_architectures(prep: dict, teacher_cfg: TeacherConfig, layer_sets: list[list[dict]], cfg: CostConfig) -> dict:
+@task(name="measure-architectures", tags=["unast-timing"])
+def measure_architectures(prep: Prepared, layer_sets: list[list[dict]], cfg: CostConfig) -> dict[str, list[float]]:
     """Cost ratios of each architecture against the teacher: {"latency": measured, timed interleaved in one
-    loop; "params": exact}. Stored by content, so that a rerun makes the same decisions."""
+    loop, alone on the host; "params": exact}. Stored by content, so that a rerun makes the same decisions."""
     device = resolve_device(cfg.device)
-    path = store_for(prep).path("measured", f"{device}-{content_key(layer_sets, cfg.model_dump(), MEASUREMENT)}.json")
+    path = prep.store().path("measured", f"{device}-{content_key(layer_sets, cfg.model_dump(), MEASUREMENT)}.json")
     if path.exists():
         return read_json(path)
-    model = teacher_for(teacher_cfg).model
-    with on_device(device, model):
+    model = teacher_for(prep.teacher).model
+    with timing(), on_device(device, model):
         ratios = {"latency": measure_ratios(model, layer_sets, cfg.regime, cfg.warmup, cfg.repeats),
-                  "params": [architecture_params(model, layers) / prep["teacher_params"] for layers in layer_sets]}
+                  "params": [architecture_params(model, layers) / prep.teacher_params for layers in layer_sets]}
     write_json(path, ratios)
     return ratios

@@ -84,3 +84,7 @@ class Tracker:
     def finish(self, metrics: dict[str, Any], status: str = "FINISHED") -> None:
         self.log_metrics(self.parent_id, metrics)
         self.client.set_terminated(self.parent_id, status=status)
+
+    def record(self, name: str, record: Any) -> str:
+        """One nested run from a stage's record (`Record.tracked()`: params, metrics, files, dicts, curve)."""
+        return self.stage(name, **record.tracked())

@@ -46,8 +46,8 @@ def assert_export_reloads(student, tmp_path, new_tokens: int = 4) -> None:
     import sys
     import textwrap
 
-    from unast_core.export import export_checkpoint
-    from unast_core.teacher import byte_tokenizer
+    from unast_core.report.export import export_checkpoint
+    from unast_core.model.teacher import byte_tokenizer
 
     out = export_checkpoint(student, byte_tokenizer(), tmp_path / "ckpt", card="# card\n", results={"ok": 1})
     ids = torch.randint(1, 97, (1, 7), generator=torch.Generator().manual_seed(0))

@@ -127,7 +127,7 @@ def check_output_dir(path: Path) -> None:
 
 
 class RunStore:
-    """Paths inside one teacher's run directory. Pure path arithmetic plus `done` checks."""
+    """Paths inside one teacher's run directory (pure path arithmetic)."""
 
     def __init__(self, home: Path, teacher_fingerprint: str):
         self.root = Path(home) / "runs" / teacher_fingerprint[:16]
@@ -148,8 +148,3 @@ class RunStore:
     def search(self, key: str) -> Path:
         return self.path("search", f"{key}.json")
 
-    def select(self, key: str) -> Path:
-        return self.path("select", key)
-
-    def final(self, key: str) -> Path:
-        return self.path("final", key)

@@ -18,10 +18,12 @@ def _env(tmp_path):
     return env
 
 
-def _unast(tmp_path, *args, timeout=300):
-    cmd = [sys.executable, "-m", "flows.cli", "run", "--home", str(tmp_path / "home"), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=timeout,
-                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+
+
+def _unast(tmp_path, *args, timeout=300, home=None):
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--home", str(home or tmp_path / "home"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=timeout, cwd=ROOT)
 
 
 def test_smoke_run_exports_a_reloadable_faster_model_and_resumes(tmp_path):
@@ -55,7 +57,7 @@ def test_smoke_run_exports_a_reloadable_faster_model_and_resumes(tmp_path):
     assert set(results["figures"]) == {"sublayer_errors", "cost_vs_score", "sensitivity", "architecture"}
     assert all((out / path).read_bytes()[:4] == b"\x89PNG" for path in results["figures"].values())
     report = subprocess.run([sys.executable, "-m", "flows.cli", "report", str(out)], capture_output=True, text=True,
-                            env=_env(tmp_path), cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+                            env=_env(tmp_path), cwd=ROOT)
     assert report.returncode == 0 and "NMSE distilled" in report.stdout and "mlp-88, tail" in report.stdout
     assert "## Findings" in report.stdout and "sensitive" in report.stdout
 

@@ -1,0 +1,31 @@
+import pytest
+
+from tasks.distill import distill_candidate
+from tasks.score import score, score_table
+from tasks.search import check_budget, search
+from unast_core.errors import InfeasibleBudget
+from unast_core.records import Searched, weights_matrix
+
+
+@pytest.fixture(scope="module")
+def scores(store):
+    distilled = [distill_candidate.fn(store.prep, store.calib, i, j, store.config.distill, "teacher", 0)
+                 for i, j in store.prep.trained_pairs()]
+    weights = weights_matrix(store.prep, distilled)
+    rows = [score.fn(store.prep, store.states, i, weights[i], store.config.score) for i in range(len(weights))]
+    return score_table.fn(store.prep, rows, weights)
+
+
+def test_record_and_reuse(store, scores):
+    found = search.fn(store.prep, scores, store.lut, {"params": 0.6}, store.config.search)
+    assert isinstance(found, Searched) and not found.reused and len(found.architectures) == store.config.search.k
+    assert all(a.predicted_ratio["params"] <= 0.6 + 1e-9 for a in found.architectures)
+    again = search.fn(store.prep, scores, store.lut, {"params": 0.6}, store.config.search)
+    assert again.reused and again.architectures == found.architectures
+
+
+def test_an_unreachable_budget_stops_with_the_smallest_reachable(store, scores):
+    with pytest.raises(InfeasibleBudget, match="smallest reachable is params="):
+        check_budget.fn(store.lut, {"params": 0.01})
+    with pytest.raises(InfeasibleBudget):
+        search.fn(store.prep, scores, store.lut, {"params": 0.01}, store.config.search)

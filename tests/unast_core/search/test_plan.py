@@ -1,0 +1,57 @@
+import math
+
+import pytest
+
+from unast_core.config import SearchConfig
+from unast_core.errors import InfeasibleBudget
+from unast_core.search.plan import check_reachable, plan
+
+# 4 sublayers x {teacher, identity}; teacher total latency 10 = fixed 2 + 4 x 2.
+LUT = {"pool": [{"op": "teacher"}, {"op": "identity"}], "costs": {"latency": [[2.0, 0.0]] * 4, "params": [[5, 0]] * 4},
+       "fixed": {"latency": 2.0, "params": 20}, "teacher": {"latency": 10.0, "params": 40}}
+SCORES = [[0.0, 0.4], [0.0, 0.1], [0.0, 0.3], [0.0, 0.2]]
+
+
+def test_plan_meets_the_budget_with_the_cheapest_damage():
+    result = plan(SCORES, LUT, {"latency": 0.6}, SearchConfig(k=2))
+    best = result["architectures"][0]
+    assert best["choice"] == [0, 1, 0, 1]  # skip the two least harmful sublayers
+    assert best["predicted_ratio"]["latency"] == pytest.approx(0.6)
+    assert best["score_sum"] == pytest.approx(0.3)
+    assert len(result["architectures"]) == 2
+
+
+def test_unreachable_budget_names_the_smallest_reachable_value():
+    with pytest.raises(InfeasibleBudget, match=r"latency=0.1 .*smallest reachable is latency=0.2") as info:
+        check_reachable(LUT, {"latency": 0.1})
+    assert info.value.reachable["latency"] == pytest.approx(0.2)
+    with pytest.raises(InfeasibleBudget, match="smallest reachable is latency=0.2"):
+        plan(SCORES, LUT, {"latency": 0.1}, SearchConfig())
+    check_reachable(LUT, {"latency": 0.2, "params": 0.5})  # exactly reachable is fine
+
+
+def test_failed_candidates_are_never_chosen():
+    scores = [row[:] for row in SCORES]
+    scores[1][1] = math.nan
+    best = plan(scores, LUT, {"latency": 0.6}, SearchConfig())["architectures"][0]
+    assert best["choice"][1] == 0
+
+
+def test_calibration_maps_the_budget_and_the_reported_prediction():
+    from unast_core.search.cost import calibrated_ratio, fit_calibration, table_fraction
+
+    fit = fit_calibration([0.4, 0.6, 0.8, 1.0], [0.3, 0.55, 0.8, 1.05])  # measured = -0.2 + 1.25 x table, exactly
+    assert fit["slope"] == pytest.approx(1.25) and fit["intercept"] == pytest.approx(-0.2)
+    assert fit["max_abs_residual"] == pytest.approx(0.0, abs=1e-12)
+    assert fit_calibration([0.5, 0.5], [0.4, 0.6])["slope"] == 1.0  # no spread: identity, never a division by 0
+    assert fit_calibration([0.4, 0.8], [0.9, 0.5]) | {"points": None} == {
+        "intercept": 0.0, "slope": 1.0, "max_abs_residual": pytest.approx(0.5), "points": None}  # decreasing: identity
+    lut = {**LUT, "calibration": {"latency": fit}}
+    assert table_fraction(lut, "latency", calibrated_ratio(lut, "latency", 0.7)) == pytest.approx(0.7)
+    assert table_fraction(lut, "params", 0.5) == 0.5  # only latency is calibrated
+    # measured 0.55 at table 0.6: budget 0.55 gets the same choice as an uncalibrated 0.6, reported as 0.55
+    best = plan(SCORES, lut, {"latency": 0.55}, SearchConfig(k=1))["architectures"][0]
+    assert best["choice"] == [0, 1, 0, 1]
+    assert best["table_ratio"]["latency"] == pytest.approx(0.6) and best["predicted_ratio"]["latency"] == pytest.approx(0.55)
+    with pytest.raises(InfeasibleBudget, match="smallest reachable is latency=0.05"):  # -0.2 + 1.25 x 0.2, calibrated
+        check_reachable(lut, {"latency": 0.01})

@@ -1,0 +1,197 @@
+"""Human-readable outputs: the model card and the console summary. Pure functions of a results dict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from unast_core.model.modeling_unast import SUBLAYER_KINDS
+
+
+def _op(spec: dict[str, Any]) -> str:
+    extra = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "op")
+    return spec["op"] + (f" ({extra})" if extra else "")
+
+
+def architecture_table(layers: list[dict[str, dict[str, Any]]]) -> str:
+    rows = ["| block | attention | MLP |", "|---:|---|---|"]
+    rows += [f"| {b} | {_op(layer['attn'])} | {_op(layer['mlp'])} |" for b, layer in enumerate(layers)]
+    return "\n".join(rows)
+
+
+def model_card(results: dict[str, Any]) -> str:
+    t, s = results["teacher"], results["student"]
+    budget = ", ".join(f"{k} <= {v:g}" for k, v in results["budget"].items())
+    kept = sum(layer[k]["op"] == "teacher" for layer in results["layers"] for k in SUBLAYER_KINDS)
+    regime = results.get("regime", {})
+    method = results.get("method", "unast")
+    how = ("UNAST (layer-wise replacement + ILP search" if method == "unast"
+           else f"the `{method}` baseline of UNAST (for comparison")
+    findings = "\n".join(_findings_section(results)).strip()
+    return f"""---
+library_name: transformers
+tags: [unast, compressed, nas]
+---
+# {results.get('name', 'UNAST student')}
+
+Compressed from `{results.get('teacher_source', '?')}` by {how},
+budget {budget}, pool {results.get('pool')}). {kept} of {2 * len(results['layers'])} sublayers are the teacher's.
+
+Load it (the modeling code ships with the checkpoint):
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("PATH", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("PATH", trust_remote_code=True)
+```
+
+## Measured results
+
+| | teacher | student | ratio |
+|---|---:|---:|---:|
+| test perplexity | {t['test_ppl']:.3f} | {s['test_ppl']:.3f} | {s['test_ppl'] / t['test_ppl']:.3f} |
+| parameters | {t['params']:,} | {s['params']:,} | {s['param_ratio']:.3f} |
+| {regime.get('kind', 'prefill')} latency, s | {t['latency_s']:.4f} | {s['latency_s']:.4f} | {s['latency_ratio']:.3f} |
+
+KL(teacher || student) on the test split: {s['kl_to_teacher']:.4f} nats/token over {results.get('test_tokens', '?')} tokens.
+Latency: {regime.get('device', '?')}, {regime.get('kind', 'prefill')} batch {regime.get('batch_size', '?')} x {regime.get('seq_len', '?')}
+tokens (prefill: the prompt, last-token logits; decode: one token with that much context in the KV cache),
+median of interleaved repeats against the teacher in the same process, with the student's sublayers installed
+in the teacher and all weights side by side in memory{_standalone(s)}.
+
+## Architecture
+
+`{results.get('summary', '')}` (per block: attention then MLP; T teacher, - skipped, L linear, a / m downsized
+attention / MLP)
+
+{architecture_table(results['layers'])}
+
+{_figure_links(results)}{findings + chr(10) * 2 if findings else ""}## Sample (greedy)
+
+{results.get('sample', '')!r}
+"""
+
+
+def _prediction(results: dict[str, Any]) -> str:
+    predicted, error = results.get("predicted_ratio", {}).get("latency"), results.get("latency_prediction_error")
+    table = (results.get("table_ratio") or {}).get("latency")
+    raw = "" if table is None or abs(table - predicted) < 5e-4 else f", table {table:.3f}"
+    return "" if predicted is None or error is None else f"; predicted {predicted:.3f}{raw} ({100 * error:+.1f}%)"
+
+
+def _standalone(student: dict[str, Any]) -> str:
+    ratio = student.get("standalone_latency_ratio")
+    return f" (the exported model timed as a separate object: {ratio:.3f})" if ratio is not None else ""
+
+
+def _figure_links(results: dict[str, Any]) -> str:
+    figures = results.get("figures") or {}
+    if not figures:
+        return ""
+    return "## Figures\n\n" + "\n".join(f"![{name}]({path})" for name, path in figures.items()) + "\n\n"
+
+
+def console_summary(results: dict[str, Any]) -> str:
+    t, s = results["teacher"], results["student"]
+    lines = [
+        f"method          {results.get('method', 'unast')}",
+        f"budget          {', '.join(f'{k}={v:g}' for k, v in results['budget'].items())}",
+        f"architecture    {results.get('summary', '')}",
+        f"test perplexity teacher {t['test_ppl']:.3f}  student {s['test_ppl']:.3f}",
+        f"latency ratio   {s['latency_ratio']:.3f} (measured, {results['regime'].get('kind', 'prefill')} "
+        f"{results['regime']['batch_size']}x{results['regime']['seq_len']}){_prediction(results)}"
+        f"{'; separate object ' + format(s['standalone_latency_ratio'], '.3f') if s.get('standalone_latency_ratio') else ''}",
+        f"param ratio     {s['param_ratio']:.3f} ({s['params']:,} / {t['params']:,})",
+        f"KL to teacher   {s['kl_to_teacher']:.4f} nats/token",
+        f"export          {results['output']}",
+    ]
+    if results.get("mlflow"):
+        m = results["mlflow"]
+        lines.append(f"mlflow          run {m['run_id']} in {m['tracking_uri']} (mlflow ui --backend-store-uri {m['tracking_uri']})")
+    lines.append("wall time       " + ", ".join(f"{k} {v:.1f}s" for k, v in results["wall_s"].items()))
+    return "\n".join(lines)
+
+
+def full_report(results: dict[str, Any]) -> str:
+    """`unast report DIR`: the summary, the architecture and the distillation table with the figures."""
+    parts = [console_summary(results), "", "## Architecture", "", architecture_table(results["layers"])]
+    distill = results.get("distill")
+    if distill:
+        parts += ["", "## Layer-wise distillation (normalized MSE on held-out tokens; skipping scores 1)", "",
+                  distill["table1"]]
+        if distill.get("failed"):
+            parts += ["", "failed candidates: " + "; ".join(distill["failed"])]
+    figures = results.get("figures") or {}
+    if figures:
+        parts += ["", "## Figures", ""] + [f"- {name}: {path}" for name, path in figures.items()]
+    parts += _findings_section(results)
+    return "\n".join(parts)
+
+
+def _findings_section(results: dict[str, Any]) -> list[str]:
+    """The run's findings when its score table (`scores_path`) is there; nothing when it is absent or unreadable."""
+    from unast_core.report.findings import findings_for, findings_markdown
+
+    try:
+        found = findings_for(results)
+    except (KeyError, TypeError, ValueError) as e:  # a table that does not match the architecture: say so, don't fail
+        return ["", "## Findings", "", f"not computed: {type(e).__name__}: {e}"]
+    return [] if found is None else ["", findings_markdown(found)]
+
+
+def _positions(n_blocks: int) -> dict[str, int]:
+    return {"head": 0, "middle": n_blocks // 2, "tail": n_blocks - 1}
+
+
+def distill_summary(rows: list[dict[str, Any]], sublayers: list[str]) -> dict[str, Any]:
+    """From the distillation results: per-candidate local error per sublayer (the paper's Figure 4) and a
+    table like its Table 1 (error after distillation, at init, of skipping) at a head, middle and tail block."""
+    from unast_core.report.figures import markdown_table
+
+    errors: dict[str, list[float | None]] = {"identity": [1.0] * len(sublayers)}
+    by_key = {}
+    for row in rows:
+        errors.setdefault(row["candidate"], [None] * len(sublayers))[row["index"]] = row.get("nmse")
+        by_key[(row["index"], row["candidate"])] = row
+    n_blocks = len(sublayers) // 2
+    table = []
+    for kind in ("attn", "mlp"):
+        for where, block in _positions(n_blocks).items():
+            index = 2 * block + (kind == "mlp")
+            for (i, cand), row in sorted(by_key.items()):
+                if i == index:
+                    table.append([f"{cand}, {where} ({sublayers[index]})", row.get("nmse"), row.get("nmse_init"),
+                                  1.0, row.get("steps"), row.get("status")])
+    header = ["candidate, position", "NMSE distilled", "NMSE init", "NMSE skip", "steps", "status"]
+    failed = [f"{r['sublayer']}/{r['candidate']}: {r.get('error')}" for r in rows if r.get("status") != "ok"]
+    return {"errors": errors, "table1": markdown_table(header, table), "failed": failed,
+            "trained": len(rows), "reused": sum(bool(r.get("reused")) for r in rows)}
+
+
+def student_results(prep: Any, config: Any, budget: dict[str, float], choice: Any, final: Any, measured: Any,
+                    distilled: Any, figures: dict[str, str], scores_path: str | None, out_dir: str,
+                    run_info: dict[str, Any]) -> dict[str, Any]:
+    """results.json of one model (records in, plain dict out): what was built, how it was chosen, how it
+    measures against the teacher. `run_info` holds the tracking ids and the wall time per stage."""
+    from pathlib import Path
+
+    from unast_core.model.ops import OpSpec
+
+    arch = choice.arch
+    predicted = arch.predicted_ratio or {}
+    student = measured.student
+    return {
+        "name": f"{'UNAST' if config.method == 'unast' else config.method} student of {prep.source}",
+        "method": config.method, "teacher_source": prep.source, "preset": config.preset, "budget": budget,
+        "pool": [OpSpec.of(spec).name for spec in prep.pool],
+        "teacher": measured.teacher, "student": student, "regime": measured.regime, "test_tokens": measured.test_tokens,
+        "distill": None if distilled is None else {"errors": distilled.errors, "table1": distilled.table1,
+                                                   "failed": distilled.failed, "trained": distilled.trained,
+                                                   "reused": distilled.reused_count},
+        "figures": {k: f"figures/{Path(v).name}" for k, v in figures.items()},
+        "summary": arch.summary, "layers": arch.layers, "predicted_ratio": predicted, "table_ratio": arch.table_ratio,
+        "latency_prediction_error": student["latency_ratio"] / predicted["latency"] - 1 if "latency" in predicted else None,
+        **choice.results, **({"scores_path": scores_path} if scores_path else {}),
+        "finetune": {"val_loss_before": final.val_loss_before, "val_loss": final.val_loss, "steps": final.steps,
+                     "tokens": final.tokens},
+        "output": str(Path(out_dir).resolve()), "run_dir": prep.run_dir, **run_info,
+    }

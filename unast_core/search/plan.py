@@ -1,0 +1,66 @@
+"""Stage 5, search: turn budgets (fractions of the teacher's cost) into the ILP of Eq. 3-4 and back."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from unast_core.model.assemble import describe, layers_from_choice
+from unast_core.config import SearchConfig
+from unast_core.search.cost import calibrated_ratio, predict, table_fraction
+from unast_core.errors import InfeasibleBudget, UnastError
+from unast_core.search.ilp import min_reachable, solve
+
+
+def _limits(lut: dict[str, Any], budget: dict[str, float]) -> dict[str, float]:
+    """Budget fractions -> absolute limits on the sublayer costs: fraction * teacher - fixed part, where the
+    fraction is first mapped back through the table's latency calibration."""
+    limits = {}
+    for name, fraction in budget.items():
+        if name not in lut["costs"]:
+            raise UnastError(f"no '{name}' cost was measured; budgets available: {', '.join(lut['costs'])}")
+        limits[name] = table_fraction(lut, name, fraction) * lut["teacher"][name] - lut["fixed"][name]
+    return limits
+
+
+def _infeasible(lut: dict[str, Any], budget: dict[str, float], reachable_abs: dict[str, float]) -> InfeasibleBudget:
+    reachable = {name: calibrated_ratio(lut, name, (value + lut["fixed"][name]) / lut["teacher"][name])
+                 for name, value in reachable_abs.items()}
+    asked = ", ".join(f"{n}={budget[n]:g}" for n in reachable)
+    smallest = ", ".join(f"{n}={math.ceil(v * 1000) / 1000:g}" for n, v in reachable.items())
+    return InfeasibleBudget(f"budget {asked} cannot be met with pool {lut['pool']}: the smallest reachable is "
+                            f"{smallest}; raise the budget or widen the pool", reachable)
+
+
+def check_reachable(lut: dict[str, Any], budget: dict[str, float]) -> None:
+    """Fail before any scoring when even the cheapest candidate everywhere misses a budget."""
+    limits = _limits(lut, budget)
+    smallest = min_reachable({name: lut["costs"][name] for name in budget})
+    missed = {name: smallest[name] for name in budget if smallest[name] > limits[name] + 1e-12}
+    if missed:
+        raise _infeasible(lut, budget, missed)
+
+
+def plan(scores: list[list[float]], lut: dict[str, Any], budget: dict[str, float], cfg: SearchConfig,
+         weights: list[list[str | None]] | None = None) -> dict[str, Any]:
+    """K diverse architectures under `budget` = {cost name: fraction of the teacher's cost} (Eq. 3-4).
+    `weights[i][j]` is the trained weights file of candidate j at sublayer i (None if untrained)."""
+    pool = lut["pool"]
+    limits = _limits(lut, budget)
+    costs = {name: lut["costs"][name] for name in budget}
+    try:
+        solutions = solve(scores, costs, limits, k=cfg.k, max_overlap=cfg.max_overlap, time_limit_s=cfg.time_limit_s)
+    except InfeasibleBudget as exc:
+        raise _infeasible(lut, budget, exc.reachable) from None
+    architectures = []
+    for rank, sol in enumerate(solutions):
+        predicted = predict(lut, sol.choice)
+        architectures.append({
+            "rank": rank, "choice": sol.choice, "layers": layers_from_choice(sol.choice, pool),
+            "summary": describe(layers_from_choice(sol.choice, pool)), "score_sum": sol.objective,
+            "weights": {str(i): weights[i][j] for i, j in enumerate(sol.choice) if weights and weights[i][j]},
+            "predicted": predicted,
+            "predicted_ratio": {n: calibrated_ratio(lut, n, predicted[n] / lut["teacher"][n]) for n in predicted},
+            "table_ratio": {n: predicted[n] / lut["teacher"][n] for n in predicted},
+        })
+    return {"budget": budget, "limits": limits, "architectures": architectures}
