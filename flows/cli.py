@@ -109,12 +109,13 @@ def _run(args: argparse.Namespace) -> int:
     check_output_dir(config.output)
     logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)  # noisy on ephemeral-server shutdown
     from flows.compress import compress
-    from flows.runners import task_runner
+    from flows.runners import shared_api, task_runner
     from unast_core.report.card import console_summary
 
     for name in ("prefect", "prefect.task_runs", "prefect.flow_runs"):
         logging.getLogger(name).addFilter(_QuietUserErrors())
-    results = compress.with_options(task_runner=task_runner(config.orchestration))(config)
+    with shared_api(config.orchestration):
+        results = compress.with_options(task_runner=task_runner(config.orchestration))(config)
     for one in results.get("family", [results]):
         print("\n" + console_summary(one))
     return 0

@@ -6,11 +6,19 @@
   with one worker per GPU, so no two GPU tasks share a device.
 - `dask://HOST:PORT`: an existing Dask scheduler (prefect-dask's DaskTaskRunner). Its workers must see the
   run store and the teacher cache at the same paths (a shared filesystem) and have unast installed.
+
+Task runs on a Dask worker report to a Prefect API. Without one configured (`PREFECT_API_URL`), a flow runs on
+a temporary local server, and each worker process would start another of its own: about 20 s of CPU each on
+a 2-core box, and one left running when a worker is killed. `shared_api` starts one server for the flow and its
+local workers instead. Workers of an existing cluster (`dask://`) see it only when they run on this host
+and were started with `PREFECT_API_URL` set to it; otherwise each uses a temporary server of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -40,3 +48,29 @@ def task_runner(cfg: OrchestrationConfig):
         return DaskTaskRunner(cluster_class="dask_cuda.LocalCUDACluster",
                               cluster_kwargs={**kwargs, "CUDA_VISIBLE_DEVICES": list(range(min(workers, gpus)))})
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={**kwargs, "processes": True})
+
+
+@contextlib.contextmanager
+def shared_api(cfg: OrchestrationConfig) -> Iterator[None]:
+    """One temporary Prefect server for the flow and the local Dask workers it starts (see above)."""
+    if cfg.runner == "serial" or os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = SubprocessASGIServer()
+    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
+    os.environ["PREFECT_API_URL"] = server.api_url  # inherited by the worker processes the cluster spawns
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        # flush the run's logs and events while the server still answers (else they retry a dead one at exit)
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()

@@ -155,7 +155,7 @@ def export(run: Run, prep: Prepared, budget: dict[str, float], choice: Choice, f
             "wall_s": wall}
     results = export_model(prep, run.config, budget, choice, final, measured, distilled, figures,
                            scores.path if scores else None, run.out_dir(budget), info)
-    run.tracker.stage(f"{budget_name(budget)}/evaluate", metrics={"teacher": measured.teacher, "student": measured.student},
+    run.tracker.stage(f"{budget_name(budget)}/export",
                       dicts={"results.json": results}, dirs={"model": run.out_dir(budget)})
     run.models.append(results)
     return results

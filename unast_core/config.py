@@ -351,7 +351,9 @@ def build_config(preset: str = "cpu", file: Path | None = None, overrides: dict[
     """Defaults <- preset <- YAML file <- overrides (dotted keys). Errors name the field."""
     if preset not in PRESETS:
         raise UnastError(f"unknown preset '{preset}'; use one of {', '.join(PRESETS)}")
-    tree: dict[str, Any] = deep_merge({"preset": preset}, PRESETS[preset])
+    # Start from every default written out, so that overriding one field of a stage keeps the instance
+    # defaults RunConfig sets on its others (select.steps=5, finetune.steps=24), instead of the class's.
+    tree: dict[str, Any] = deep_merge(RunConfig().model_dump(mode="json"), {"preset": preset, **PRESETS[preset]})
     if file is not None:
         try:
             loaded = yaml.safe_load(Path(file).read_text()) or {}

@@ -62,3 +62,46 @@ def test_unknown_preset_and_bad_file(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(UnastError, match="mapping"):
         build_config("cpu", bad)
+
+
+def _leaves(tree, prefix=""):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key != "budget":
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _alternatives(value):
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, int):
+        return [value + 1, value - 1]
+    if isinstance(value, float):
+        return [value * 0.5, value * 2, value + 0.1]
+    if isinstance(value, str):
+        return ["mse", "kl", "deepspeed", "decode", "random", "dask", "shortgpt", "cpu", "other-dir"]
+    if value is None:
+        return [3, 0.5]
+    return []
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_an_override_changes_only_the_field_it_names(preset):
+    """`--set stage.field=value` moves that field alone: the preset's and the instance defaults of the
+    stage's other fields (select.steps=5, finetune.steps=24, ...) stay (they once reset to class defaults)."""
+    base = build_config(preset).model_dump(mode="json")
+    tested = 0
+    for dotted, value in _leaves(base):
+        if dotted in ("preset", "budget"):
+            continue
+        for new in (v for v in _alternatives(value) if v != value):
+            try:
+                changed = build_config(preset, overrides={dotted: new}).model_dump(mode="json")
+            except UnastError:
+                continue
+            moved = {k for k, v in _leaves(changed) if v != dict(_leaves(base))[k]}
+            assert moved == {dotted}, (dotted, new, moved)
+            tested += 1
+            break
+    assert tested >= 60, tested

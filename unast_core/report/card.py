@@ -1,10 +1,14 @@
-"""Human-readable outputs: the model card and the console summary. Pure functions of a results dict."""
+"""Human-readable outputs: results.json, the model card and the console summary (pure functions)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from unast_core.config import RunConfig
 from unast_core.model.modeling_unast import SUBLAYER_KINDS
+from unast_core.model.ops import OpSpec
+from unast_core.records import Choice, DistillReport, Evaluation, Prepared, Trained
 
 
 def _op(spec: dict[str, Any]) -> str:
@@ -167,15 +171,11 @@ def distill_summary(rows: list[dict[str, Any]], sublayers: list[str]) -> dict[st
             "trained": len(rows), "reused": sum(bool(r.get("reused")) for r in rows)}
 
 
-def student_results(prep: Any, config: Any, budget: dict[str, float], choice: Any, final: Any, measured: Any,
-                    distilled: Any, figures: dict[str, str], scores_path: str | None, out_dir: str,
-                    run_info: dict[str, Any]) -> dict[str, Any]:
+def student_results(prep: Prepared, config: RunConfig, budget: dict[str, float], choice: Choice, final: Trained,
+                    measured: Evaluation, distilled: DistillReport | None, figures: dict[str, str],
+                    scores_path: str | None, out_dir: str, run_info: dict[str, Any]) -> dict[str, Any]:
     """results.json of one model (records in, plain dict out): what was built, how it was chosen, how it
     measures against the teacher. `run_info` holds the tracking ids and the wall time per stage."""
-    from pathlib import Path
-
-    from unast_core.model.ops import OpSpec
-
     arch = choice.arch
     predicted = arch.predicted_ratio or {}
     student = measured.student
