@@ -30,23 +30,24 @@ def compress(config: RunConfig) -> dict[str, Any]:
         check_outputs(cfg)
         prep = run.stage("prepare", prepare, cfg.teacher, cfg.data, cfg.cost, cfg.method_pool(), run.home)
         lut = run.stage("cost", cost_table, prep, cfg.cost)                       # alone on the host
-        [check_budget(lut, budget) for budget in run.budgets]
+        for budget in run.budgets:                                                   # unreachable: stop now
+            check_budget(lut, budget)
         states, calib = run.stage("capture", capture, prep, cfg)
-        distilled = run.stage("distill", distill_all, prep, calib, cfg) if cfg.needs_scores() else None
-        scores = run.stage("score", score_all, prep, states, distilled, cfg) if cfg.needs_scores() else None
-        figures = score_figures(scores, lut) if scores else {}
+        searches = cfg.needs_scores()                                                 # UNAST, not a baseline
+        distilled = run.stage("distill", distill_all, prep, calib, cfg) if searches else None   # fanned out
+        scores = run.stage("score", score_all, prep, states, distilled, cfg) if searches else None  # fanned out
+        figures = score_figures(scores, lut, distilled) if searches else {}
         if len(run.budgets) > 1:
             write_family(cfg.output, [], run.budgets)
         for budget in run.budgets:
             name, wall = budget_name(budget), dict(run.wall)
             short = run.stage(f"{name}/search", shortlist, prep, states, calib, scores, lut, budget, cfg, wall=wall)
-            trials = run.stage(f"{name}/select", select, prep, short, cfg, wall=wall)
+            trials = run.stage(f"{name}/select", select, prep, short, cfg, wall=wall)              # fanned out
             choice = pick(short, trials)
             final = run.stage(f"{name}/finetune", finetune, prep, choice, cfg, wall=wall)
             measured = run.stage(f"{name}/evaluate", evaluate, prep, final, cfg.evaluate, cfg.cost, wall=wall)
-            run.stage(f"{name}/export", export, run, prep, budget, choice, final, measured, distilled,
-                      {**figures, **({"sublayer_errors": distilled.figure} if distilled and distilled.figure else {})},
-                      scores, wall, wall=wall)
+            run.stage(f"{name}/export", export, run, prep, budget, choice, final, measured, distilled, figures, scores,
+                      wall, wall=wall)
         if len(run.budgets) > 1:
             write_family(cfg.output, run.models, run.budgets)
         return run.finish()

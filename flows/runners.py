@@ -8,10 +8,11 @@
   run store and the teacher cache at the same paths (a shared filesystem) and have unast installed.
 
 Task runs on a Dask worker report to a Prefect API. Without one configured (`PREFECT_API_URL`), a flow runs on
-a temporary local server, and each worker process would start another of its own: about 20 s of CPU each on
-a 2-core box, and one left running when a worker is killed. `shared_api` starts one server for the flow and its
-local workers instead. Workers of an existing cluster (`dask://`) see it only when they run on this host
-and were started with `PREFECT_API_URL` set to it; otherwise each uses a temporary server of its own.
+a temporary local server that the workers do not know of, and each worker process would start another of its
+own: about 20 s of CPU each on a 2-core box, and one left running when a worker is killed. `shared_api` starts
+one server for the run and sets it in the flow's settings, which prefect-dask hands to every task it submits,
+so the workers report there. That server listens on 127.0.0.1: workers on other hosts need `PREFECT_API_URL`
+set to a server they can reach.
 """
 
 from __future__ import annotations

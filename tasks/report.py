@@ -40,11 +40,12 @@ def distill_report(prep: Prepared, calib_dir: str, distilled: list[Distilled]) -
 
 
 @task(name="score-figures")
-def score_figures(scores: ScoreTable, lut: CostTable) -> dict[str, str]:
-    """Figure 3 (candidates' latency vs score) and the per-block sensitivity chart."""
+def score_figures(scores: ScoreTable, lut: CostTable, distilled: DistillReport | None) -> dict[str, str]:
+    """Figure 3 (candidates' latency vs score), the per-block sensitivity chart, and Figure 4 (local errors)."""
     table, costs = read_json(scores.path), read_json(lut.path)
     stem = Path(scores.path).with_suffix("")
-    return {"cost_vs_score": cost_score_scatter(scatter_points(table, costs), f"{stem}.scatter.png",
+    errors = {"sublayer_errors": distilled.figure} if distilled and distilled.figure else {}
+    return {**errors, "cost_vs_score": cost_score_scatter(scatter_points(table, costs), f"{stem}.scatter.png",
                                                 f"Candidates: latency vs score ({lut.device}, {lut.regime['kind']})"),
             "sensitivity": sensitivity_chart(table, f"{stem}.sensitivity.png", "Score of skipping (and linear) per block")}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from unast_core.model.adapters import Adapter
@@ -61,8 +60,3 @@ def build_student(teacher: nn.Module, layers: Layers, weights: dict[str, str] | 
     return student.to(dtype=next(teacher.parameters()).dtype).eval()
 
 
-def load_student_weights(student: UnastForCausalLM, state: dict[str, torch.Tensor]) -> UnastForCausalLM:
-    student.load_state_dict(state, strict=True)
-    if getattr(student.config, "tie_word_embeddings", False):
-        student.student.tie_weights()
-    return student
