@@ -18,6 +18,7 @@ from unast_core.config import TeacherConfig, TrainConfig
 from unast_core.errors import UnastError
 from unast_core.model.ops import OpSpec
 from unast_core.store import RunStore
+from unast_core.train.activations import mean_loss
 
 
 def where() -> str:
@@ -112,8 +113,7 @@ class States(Record):
 
     def mean_loss(self, rows: int | None) -> float:
         """The teacher's mean next-token loss over the first `rows` rows (all when None)."""
-        n = min(rows or self.rows, self.rows)
-        return sum(self.row_loss[:n]) / (n * (self.seq_len - 1))
+        return mean_loss(self.model_dump(include={"rows", "row_loss", "seq_len"}), rows)
 
     def tracked(self) -> dict[str, Any]:
         return {"params": {"split": self.split, "reused": self.reused}, "metrics": {"teacher_loss": self.loss}}
