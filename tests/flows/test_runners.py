@@ -2,6 +2,7 @@
 finished candidate, and the run gives the serial run's scores and architecture."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -30,7 +31,11 @@ def _candidates(home: Path) -> dict[Path, int]:
 
 
 def _workers_of(log: str) -> str:
-    return log.split("distilled 16 candidates (0 reused, 0 failed) on ")[1].splitlines()[0]
+    """The workers listed on the distillation summary line. In the Dask run a task that Dask ran again after the
+    kill may find its own candidate already finished, so the reused count is not always 0."""
+    found = re.search(r"distilled 16 candidates \(\d+ reused, 0 failed\) on (.*)", log)
+    assert found, log[-3000:]
+    return found.group(1)
 
 
 def _run_and_kill_a_worker(tmp_path: Path, home: Path, out: Path) -> tuple[subprocess.Popen, int, int, str]:
