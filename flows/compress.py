@@ -28,7 +28,8 @@ def compress(config: RunConfig) -> dict[str, Any]:
     run, cfg = Run(config), config
     try:
         check_outputs(cfg)
-        prep = run.stage("prepare", prepare, cfg.teacher, cfg.data, cfg.cost, cfg.method_pool(), run.home)
+        prep = run.stage("prepare", prepare, cfg.teacher, cfg.data, cfg.cost, cfg.method_pool(), cfg.compute,
+                         run.home)
         lut = run.stage("cost", cost_table, prep, cfg.cost)                       # alone on the host
         for budget in run.budgets:                                                   # unreachable: stop now
             check_budget(lut, budget)

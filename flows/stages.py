@@ -16,7 +16,7 @@ from typing import Any, Callable
 from prefect import get_run_logger, unmapped
 
 from tasks.capture import capture_states
-from tasks.common import progress
+from tasks.common import peak_rss_mb, progress, reset_peak_rss
 from tasks.distill import distill_candidate
 from tasks.report import distill_report, export_model
 from tasks.score import score, score_table
@@ -38,7 +38,7 @@ from unast_core.records import (
 
 
 class Run:
-    """One flow run: its MLflow parent run, the wall time of each stage, and the log."""
+    """One flow run: its MLflow parent run, the wall time and peak memory of each stage, and the log."""
 
     def __init__(self, config: RunConfig):
         self.config, self.log = config, get_run_logger()
@@ -46,15 +46,17 @@ class Run:
         self.tracker = Tracker(Path(self.home))
         self.budgets = config.budgets()
         self.wall: dict[str, float] = {}
+        self.rss: dict[str, float | None] = {}  # peak RSS of this process during each stage, MB
         self.models: list[dict[str, Any]] = []
         self.tracker.start(f"{config.method}-{config.preset}-{'+'.join(budget_name(b) for b in self.budgets)}",
                            config.model_dump(mode="json"))
 
     def stage(self, name: str, fn: Callable[..., Any], *args: Any, wall: dict[str, float] | None = None) -> Any:
         """Run one stage, time it, and log its record(s) to the tracker under `name`."""
-        start = time.perf_counter()
+        start = reset_peak_rss() or time.perf_counter()
         result = fn(*args)
         (self.wall if wall is None else wall)[name.split("/")[-1]] = round(time.perf_counter() - start, 2)
+        self.rss[name.split("/")[-1]] = peak_rss_mb()
         for record in result if isinstance(result, list) else [result]:
             if isinstance(record, Record) and record.describe():
                 self.log.info(record.describe())
@@ -152,7 +154,7 @@ def export(run: Run, prep: Prepared, budget: dict[str, float], choice: Choice, f
            wall: dict[str, float]) -> dict[str, Any]:
     """Stage 8b: one model's checkpoint, figures and results.json in its output directory."""
     info = {"mlflow": {"tracking_uri": run.tracker.uri, "run_id": run.tracker.parent_id, "experiment": "unast"},
-            "wall_s": wall}
+            "wall_s": wall, "peak_rss_mb": dict(run.rss)}
     results = export_model(prep, run.config, budget, choice, final, measured, distilled, figures,
                            scores.path if scores else None, run.out_dir(budget), info)
     run.tracker.stage(f"{budget_name(budget)}/export",

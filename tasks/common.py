@@ -105,3 +105,23 @@ def timing() -> contextlib.AbstractContextManager[None]:
     """Held (exclusive) by every task that times latency: it waits until no compute task of any UNAST run
     on this host is running, and no compute task starts until it is done. Host-local file lock (flock)."""
     return _host_lock(fcntl.LOCK_EX)
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS window for this process (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory since the last `reset_peak_rss`, in MB (None off Linux). Stages
+    fanned out on Dask workers use the workers' memory, which this does not see."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None

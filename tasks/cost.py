@@ -9,6 +9,12 @@ from unast_core.records import CostTable, Prepared
 from unast_core.search.cost import architecture_params, build_lut
 from unast_core.search.latency import MEASUREMENT, measure_ratios, resolve_device
 from unast_core.store import content_key, read_json, write_json
+from unast_core.train.precision import deployed
+
+
+def _dtype_key(prep: Prepared) -> tuple[str, ...]:
+    """Timing in fp32 keeps the keys of tables timed before dtypes existed."""
+    return () if prep.deploy_dtype == "float32" else (prep.deploy_dtype,)
 
 
 def _record(path, lut: dict, reused: bool) -> CostTable:
@@ -21,12 +27,13 @@ def cost_table(prep: Prepared, cfg: CostConfig) -> CostTable:
     """Stage 4: the lookup table for one device and regime, reused across runs and budgets. Timed alone
     on the host (`timing`)."""
     device = resolve_device(cfg.device)
-    path = prep.store().lut(device, content_key(prep.pool, cfg.model_dump(), torch.get_num_threads(), MEASUREMENT))
+    path = prep.store().lut(device, content_key(prep.pool, cfg.model_dump(), torch.get_num_threads(), MEASUREMENT,
+                                                *_dtype_key(prep)))
     if path.exists():
         return _record(path, read_json(path), True)
-    model = teacher_for(prep.teacher).model
-    with timing(), on_device(device, model):
+    with timing(), deployed(prep.deploy_dtype, teacher_for(prep.teacher).model) as (model,), on_device(device, model):
         lut = build_lut(model, prep.pool, cfg.regime, cfg.warmup, cfg.repeats, cfg.calibration_samples)
+    lut["dtype"] = prep.deploy_dtype
     write_json(path, lut)
     return _record(path, lut, False)
 
@@ -36,11 +43,11 @@ def measure_architectures(prep: Prepared, layer_sets: list[list[dict]], cfg: Cos
     """Cost ratios of each architecture against the teacher: {"latency": measured, timed interleaved in one
     loop, alone on the host; "params": exact}. Stored by content, so that a rerun makes the same decisions."""
     device = resolve_device(cfg.device)
-    path = prep.store().path("measured", f"{device}-{content_key(layer_sets, cfg.model_dump(), MEASUREMENT)}.json")
+    key = content_key(layer_sets, cfg.model_dump(), MEASUREMENT, *_dtype_key(prep))
+    path = prep.store().path("measured", f"{device}-{key}.json")
     if path.exists():
         return read_json(path)
-    model = teacher_for(prep.teacher).model
-    with timing(), on_device(device, model):
+    with timing(), deployed(prep.deploy_dtype, teacher_for(prep.teacher).model) as (model,), on_device(device, model):
         ratios = {"latency": measure_ratios(model, layer_sets, cfg.regime, cfg.warmup, cfg.repeats),
                   "params": [architecture_params(model, layers) / prep.teacher_params for layers in layer_sets]}
     write_json(path, ratios)

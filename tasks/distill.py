@@ -13,7 +13,7 @@ from unast_core.store import content_key, read_json, write_json, write_tensors
 from unast_core.train.distill import distill
 
 SUMMARY = ("nmse_identity", "nmse_init", "nmse", "loss_init", "loss", "steps", "early_stop", "tokens", "params",
-           "wall_s", "init", "loss_name")
+           "wall_s", "init", "loss_name", "dtype")
 
 
 @task(name="distill", tags=["unast-compute"])
@@ -25,7 +25,8 @@ def distill_candidate(prep: Prepared, states: States, index: int, pool_index: in
     to train (`auto`: this worker's GPU when it has one)."""
     spec = prep.pool[pool_index]
     name, sublayer = OpSpec.of(spec).name, prep.sublayers[index]
-    key = content_key(prep.fingerprint, states.dir, index, spec, cfg.model_dump(), init, seed)
+    key = content_key(prep.fingerprint, states.dir, index, spec, cfg.model_dump(), init, seed,
+                      *([] if prep.compute_dtype == "float32" else [prep.compute_dtype]))
     base = prep.store().path("candidates", sublayer, f"{name}-{key}")
     row = {"index": index, "pool_index": pool_index, "sublayer": sublayer, "candidate": name, "spec": spec}
     if base.with_suffix(".json").exists():
@@ -35,7 +36,8 @@ def distill_candidate(prep: Prepared, states: States, index: int, pool_index: in
     try:
         teacher = teacher_for(prep.teacher).model
         with computing(), on_device(resolve_device(device), teacher):
-            modules, metrics = distill(Adapter(teacher), index, spec, states.dir, cfg, init, seed)
+            modules, metrics = distill(Adapter(teacher), index, spec, states.dir, cfg, init, seed,
+                                       dtype=prep.compute_dtype)
     except Exception as exc:  # noqa: BLE001 - one candidate's failure never stops the others (not cached)
         return Distilled(**row, status="failed", error=f"{type(exc).__name__}: {exc}")
     weights = None

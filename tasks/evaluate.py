@@ -14,35 +14,43 @@ from unast_core.report.card import model_card
 from unast_core.report.export import export_checkpoint
 from unast_core.search.latency import latency_vs_teacher, resolve_device, student_latency
 from unast_core.train.losses import compare_to_teacher
+from unast_core.train.precision import DTYPES, deployed
 
 
 @task(name="evaluate", tags=["unast-timing"])
 def evaluate(prep: Prepared, trained: Trained, cfg: EvalConfig, cost_cfg: CostConfig) -> Evaluation:
-    """Stage 8a: test perplexity of teacher and student, KL to the teacher, measured latency ratio: the
-    student's modules timed in the teacher (`student_latency`, the procedure of the cost table and of the
-    architecture check, alone on the host) and, for reference, the separately built student."""
+    """Stage 8a: perplexity of teacher and student and the KL to the teacher, on the in-domain test split and
+    on the held-out set (a domain no stage trained on); the measured latency ratio: the student's modules
+    timed in the teacher (`student_latency`, the procedure of the cost table and of the architecture check,
+    alone on the host) and, for reference, the separately built student, both in the deployed dtype.
+    Quality is measured in fp32 (the trained master weights)."""
     teacher = teacher_for(prep.teacher)
     student = build_student(teacher.model, trained.layers)
     load_model(student, trained.weights)
-    test = splits(prep)["test"]
+    data = splits(prep)
     device = resolve_device(cost_cfg.device)
     with on_device(device, teacher.model, student):
-        with timing():
-            latency = student_latency(teacher.model, student.student, trained.layers, cost_cfg.regime,
+        with timing(), deployed(prep.deploy_dtype, teacher.model, student) as (t_model, s_model):
+            latency = student_latency(t_model, s_model.student, trained.layers, cost_cfg.regime,
                                       cfg.latency_warmup, cfg.latency_repeats)
-            standalone = latency_vs_teacher(student, teacher.model, cost_cfg.regime, cfg.latency_warmup,
+            standalone = latency_vs_teacher(s_model, t_model, cost_cfg.regime, cfg.latency_warmup,
                                             cfg.latency_repeats)
         with computing():
-            both = compare_to_teacher(student, teacher.model, test, cfg.batch_size)
+            quality = {split: compare_to_teacher(student, teacher.model, data[split], cfg.batch_size)
+                       for split in ("test", "heldout") if split in data}
     n_student = sum(p.numel() for p in student.parameters())
+    held = quality.get("heldout")
     return Evaluation(
-        teacher={"test_ppl": math.exp(both["teacher_loss"]), "params": prep.teacher_params,
-                 "latency_s": latency["teacher_s"]},
-        student={"test_ppl": math.exp(both["student_loss"]), "params": n_student,
+        teacher={"test_ppl": math.exp(quality["test"]["teacher_loss"]), "params": prep.teacher_params,
+                 "latency_s": latency["teacher_s"],
+                 **({"heldout_ppl": math.exp(held["teacher_loss"])} if held else {})},
+        student={"test_ppl": math.exp(quality["test"]["student_loss"]), "params": n_student,
                  "latency_ratio": latency["latency_ratio"], "param_ratio": n_student / prep.teacher_params,
-                 "kl_to_teacher": both["kl"], "latency_s": latency["student_s"],
-                 "standalone_latency_ratio": standalone["latency_ratio"]},
-        regime={"device": device, **cost_cfg.regime.model_dump()}, test_tokens=test.numel())
+                 "kl_to_teacher": quality["test"]["kl"], "latency_s": latency["student_s"],
+                 "standalone_latency_ratio": standalone["latency_ratio"],
+                 **({"heldout_ppl": math.exp(held["student_loss"]), "heldout_kl": held["kl"]} if held else {})},
+        regime={"device": device, "dtype": prep.deploy_dtype, **cost_cfg.regime.model_dump()},
+        test_tokens=data["test"].numel(), heldout_tokens=data["heldout"].numel() if held else 0)
 
 
 @task(name="export")
@@ -56,6 +64,7 @@ def export(prep: Prepared, trained: Trained, results: dict, out_dir: str, genera
         prompt = teacher.tokenizer("The Python language", return_tensors="pt").input_ids
         ids = student.generate(prompt, max_new_tokens=generate_tokens, do_sample=False)
         sample = teacher.tokenizer.decode(ids[0], skip_special_tokens=True)
+    student.to(DTYPES[prep.deploy_dtype])  # saved as deployed (bf16 halves the checkpoint)
     export_checkpoint(student, teacher.tokenizer, Path(out_dir), model_card({**results, "sample": sample}),
                       {**results, "sample": sample})
     return Exported(dir=out_dir, sample=sample)

@@ -1,34 +1,59 @@
 from __future__ import annotations
 
+import torch
 from prefect import task
 
-from tasks.common import teacher_for
-from unast_core.config import CostConfig, DataConfig, PoolConfig, TeacherConfig
-from unast_core.data.corpus import build_splits, data_fingerprint
+from tasks.common import computing, progress, teacher_for
+from unast_core.config import ComputeConfig, CostConfig, DataConfig, PoolConfig, TeacherConfig
+from unast_core.data.corpus import build_splits, data_fingerprint, generated_rows
+from unast_core.data.generated import generated_key, sample_rows
 from unast_core.model.adapters import Adapter, check_seq_len
 from unast_core.model.modeling_unast import teacher_dims
 from unast_core.model.operators import resolve_pool
 from unast_core.records import Prepared
-from unast_core.store import RunStore, write_tensors
+from unast_core.search.latency import resolve_device
+from unast_core.store import RunStore, read_tensors, write_tensors
+from unast_core.train.precision import resolve_dtype
 
 
 @task(name="prepare")
 def prepare(teacher_cfg: TeacherConfig, data_cfg: DataConfig, cost_cfg: CostConfig, pool_cfg: PoolConfig,
-            home: str) -> Prepared:
-    """Stage 0: load the teacher, check it fits and the pool suits it, tokenize and split the data once
-    per content key."""
+            compute: ComputeConfig, home: str) -> Prepared:
+    """Stage 0: load the teacher, check it fits and the pool suits it, resolve the compute and deployment
+    dtypes, sample the teacher's text once per key, tokenize and split the data once per content key."""
     teacher = teacher_for(teacher_cfg)
     adapter = Adapter(teacher.model)
     check_seq_len(adapter, data_cfg.seq_len, "data.seq_len")
     check_seq_len(adapter, cost_cfg.regime.seq_len, "cost.regime.seq_len")
     store = RunStore(home, teacher.fingerprint)
-    data_key = data_fingerprint(data_cfg, teacher.tokenizer.name_or_path or teacher.source)
+    device = resolve_device(cost_cfg.device)
+    dtype = resolve_dtype(compute.dtype, device)
+    deploy = resolve_dtype(cost_cfg.dtype or compute.dtype, device)
+    n_generated = sum(generated_rows(data_cfg).values())
+    gen_key = generated_key(n_generated, data_cfg.seq_len, data_cfg.generate_temperature, data_cfg.generate_top_p,
+                            data_cfg.seed, dtype) if n_generated else None
+    data_key = data_fingerprint(data_cfg, teacher.tokenizer.name_or_path or teacher.source, gen_key)
     path = store.path("data", f"{data_key}.safetensors")
     reused = path.exists()
     if not reused:
-        write_tensors(path, build_splits(teacher.tokenizer, data_cfg))
+        generated = teacher_samples(teacher, store, gen_key, n_generated, data_cfg, dtype) if n_generated else None
+        write_tensors(path, build_splits(teacher.tokenizer, data_cfg, generated))
     return Prepared(teacher=teacher_cfg, source=teacher.source, fingerprint=teacher.fingerprint,
                     model_type=teacher.model.config.model_type, sublayers=[s.name for s in adapter.sublayers],
                     pool=resolve_pool(pool_cfg, teacher.model.config), dims=teacher_dims(teacher.model.config),
                     teacher_params=adapter.total_params(), home=home, run_dir=str(store.root), data_key=data_key,
-                    data_path=str(path), reused=reused)
+                    data_path=str(path), compute_dtype=dtype, deploy_dtype=deploy, generated_key=gen_key,
+                    reused=reused)
+
+
+def teacher_samples(teacher, store: RunStore, key: str, rows: int, cfg: DataConfig, dtype: str) -> torch.Tensor:
+    """The teacher's sampled rows under `key` in the run store (sampled once, then read back)."""
+    path = store.path("generated", f"{key}.safetensors")
+    if not path.exists():
+        bar = progress(-(-rows // 16), "sample teacher text")
+        with computing():
+            tokens = sample_rows(teacher.model, teacher.tokenizer, rows, cfg.seq_len, cfg.generate_temperature,
+                                 cfg.generate_top_p, cfg.seed, dtype, on_batch=lambda done, total: bar.update(1))
+        bar.close()
+        write_tensors(path, {"ids": tokens})
+    return read_tensors(path)["ids"]

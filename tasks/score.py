@@ -14,14 +14,15 @@ from unast_core.store import atomic_path, content_key, read_json, write_json
 def score(prep: Prepared, states: States, index: int, weights: list, cfg: ScoreConfig) -> Scored:
     """Stage 3 for one sublayer: Eq. 2 scores of every candidate (a failed candidate scores NaN);
     `weights[j]` is candidate j's trained weights at this sublayer (see `score_sublayer`)."""
-    key = content_key(prep.data_key, prep.pool, weights, cfg.model_dump(), index)
+    key = content_key(prep.data_key, prep.pool, weights, cfg.model_dump(), index,
+                      *([] if prep.compute_dtype == "float32" else [prep.compute_dtype]))
     path = prep.store().path("scores", key[:2], f"{key}.json")
     reused = path.exists()
     if not reused:
         with computing():
             result = score_sublayer(teacher_for(prep.teacher).model, splits(prep)["validation"][:cfg.seqs], states.dir,
                                     index, prep.pool, states.mean_loss(cfg.seqs), cfg.batch_size, weights,
-                                    metric=cfg.metric)
+                                    metric=cfg.metric, dtype=prep.compute_dtype)
         write_json(path, {**result, "index": index, "name": prep.sublayers[index], "pool": prep.pool})
     result = read_json(path)
     return Scored(index=index, name=prep.sublayers[index], path=str(path), scores=result["scores"],

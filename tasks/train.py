@@ -18,7 +18,8 @@ def train(prep: Prepared, layers: list[dict], candidates: dict[str, str], init: 
     """Stages 6-7: finetune one architecture, starting from the teacher's and the distilled candidates'
     weights (`candidates`: {sublayer index: file}) or from a student checkpoint `init`; a diverged run is
     reported as failed, so the other architectures' work stands."""
-    out = prep.store().path("train", content_key(prep.data_key, layers, candidates, init, cfg.model_dump(), seed))
+    out = prep.store().path("train", content_key(prep.data_key, layers, candidates, init, cfg.model_dump(), seed,
+                                                 *([] if prep.compute_dtype == "float32" else [prep.compute_dtype])))
     if (out / "metrics.json").exists():
         stored = read_json(out / "metrics.json")
         return Trained(**{k: v for k, v in stored.items() if k in Trained.model_fields}, reused=True)
@@ -31,7 +32,7 @@ def train(prep: Prepared, layers: list[dict], candidates: dict[str, str], init: 
     try:
         with computing(), on_device(resolve_device(device), teacher.model, student):
             metrics = finetune(student, teacher.model, data["calibration"], data["validation"], cfg, seed,
-                               eval_batch_size, measure_before=measure_before,
+                               eval_batch_size, measure_before=measure_before, dtype=prep.compute_dtype,
                                on_step=lambda step, m: (bar.update(1), bar.set_postfix(loss=f"{m['loss']:.3f}")))
     except Diverged as exc:
         return Trained(status="failed", error=str(exc), label=label, layers=layers)
@@ -41,6 +42,6 @@ def train(prep: Prepared, layers: list[dict], candidates: dict[str, str], init: 
     with atomic_path(weights) as tmp:
         save_model(student, str(tmp))
     result = {"status": "ok", "label": label, "layers": layers, "candidates": candidates, "weights": str(weights),
-              **{k: metrics[k] for k in ("val_loss_before", "val_loss", "steps", "tokens", "wall_s", "curve")}}
+              **{k: metrics[k] for k in ("val_loss_before", "val_loss", "steps", "tokens", "dtype", "wall_s", "curve")}}
     write_json(out / "metrics.json", result)
     return Trained(**result)

@@ -44,6 +44,23 @@ class DataConfig(_Strict):
     validation_seqs: int = Field(8, gt=0)
     test_seqs: int = Field(16, gt=0)
     seed: int = 0
+    # The teacher's own samples mixed into calibration and validation (see unast_core.data.generated): text
+    # from the distribution the student must match, not from one domain.
+    generated_fraction: float = Field(0.0, ge=0, le=1, description="share of the calibration and validation "
+                                      "rows that are text sampled from the teacher (0: none)")
+    generate_temperature: float = Field(1.0, gt=0)
+    generate_top_p: float = Field(0.95, gt=0, le=1)
+    # Quality is always reported on text from a domain no stage trains on, next to the in-domain test split.
+    heldout: str | None = Field("lee-news", description="held-out evaluation text: lee-news (300 Australian news "
+                                "articles, the Lee corpus shipped in the gensim wheel), a local file or an HF "
+                                "dataset; None: in-domain only")
+    heldout_seqs: int = Field(32, gt=0, description="rows of the held-out set evaluated")
+
+    @model_validator(mode="after")
+    def _heldout_elsewhere(self) -> "DataConfig":
+        if self.heldout is not None and self.heldout == self.source:
+            raise ValueError("data.heldout must come from a domain no stage trains on, not data.source")
+        return self
 
 
 Width = int | float  # an absolute count (int >= 1), or a fraction of the teacher's (0 < float < 1)
@@ -122,8 +139,16 @@ class RegimeConfig(_Strict):
     seq_len: int = Field(256, gt=0, description="prompt tokens (prefill) or context length (decode)")
 
 
+class ComputeConfig(_Strict):
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="training and scoring precision: auto = bfloat16 on CPUs with AVX-512-BF16 or AMX "
+                            "and on CUDA devices with bf16, else float32 (fp32 master weights either way)")
+
+
 class CostConfig(_Strict):
     device: str = Field("auto", description="auto, cpu or cuda[:i]")
+    dtype: Literal["auto", "float32", "bfloat16"] | None = Field(
+        None, description="dtype the model is timed (and exported) in, as deployed; None: the compute dtype")
     regime: RegimeConfig = RegimeConfig()
     warmup: int = Field(2, ge=0)
     repeats: int = Field(11, gt=0, description="interleaved repeats; the median is kept")
@@ -224,6 +249,7 @@ class RunConfig(_Strict):
     select: TrainConfig = TrainConfig(steps=5)
     finetune: TrainConfig = TrainConfig(steps=24)
     evaluate: EvalConfig = EvalConfig()
+    compute: ComputeConfig = ComputeConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     budget: dict[str, float | list[float]] = Field(
         default_factory=lambda: {"latency": 0.75},
@@ -280,7 +306,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Tiny random Llama built in code, no download; the whole flow in well under 2 minutes.
     "smoke": {
         "teacher": {"model": "tiny-random-llama"},
-        "data": {"seq_len": 64, "calibration_seqs": 8, "validation_seqs": 4, "test_seqs": 4},
+        "data": {"seq_len": 64, "calibration_seqs": 8, "validation_seqs": 4, "test_seqs": 4,
+                 "heldout": None},  # a random model: no held-out set (and nothing to fetch)
         "cost": {"regime": {"seq_len": 64}, "repeats": 5, "warmup": 1},
         "pool": {"attention": [{"heads": 0.5}], "mlp": [{"hidden": 0.5}]},
         "distill": {"seqs": 8, "eval_seqs": 2, "steps": 6, "batch_size": 2, "eval_every": 3},

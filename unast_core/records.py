@@ -56,6 +56,9 @@ class Prepared(Record):
     run_dir: str
     data_key: str
     data_path: str
+    compute_dtype: str = "float32"         # training and scoring precision (autocast; fp32 master weights)
+    deploy_dtype: str = "float32"          # what latency is timed in and the export is saved in
+    generated_key: str | None = None       # teacher samples mixed into calibration / validation
 
     def describe(self) -> str:
         return f"teacher {self.source} ({self.model_type}, {len(self.sublayers)} sublayers), run store {self.run_dir}"
@@ -205,6 +208,7 @@ class Trained(Record):
     val_loss: float | None = None
     steps: int = 0
     tokens: int = 0
+    dtype: str = "float32"
     wall_s: float = 0.0
     curve: list[dict[str, float]] = []
 
@@ -254,6 +258,7 @@ class Evaluation(Record):
     student: dict[str, Any]
     regime: dict[str, Any]
     test_tokens: int
+    heldout_tokens: int = 0
 
     def tracked(self) -> dict[str, Any]:
         return {"metrics": {"teacher": self.teacher, "student": self.student}}

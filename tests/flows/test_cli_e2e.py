@@ -8,6 +8,9 @@ import sys
 import textwrap
 
 import pytest
+import torch
+
+from tests.conftest import STAND_IN_NEWS
 
 pytestmark = pytest.mark.slow
 
@@ -27,12 +30,18 @@ def _unast(tmp_path, *args, timeout=300, home=None):
 
 
 def test_smoke_run_exports_a_reloadable_model_and_a_family_reuses_its_work(tmp_path):
-    out = tmp_path / "out"
-    proc = _unast(tmp_path, "--preset", "smoke", "--budget", "latency=0.75", "--output", str(out))
+    out, news = tmp_path / "out", tmp_path / "news.txt"
+    news.write_text("\n\n".join(STAND_IN_NEWS))  # the held-out set: a domain no stage trains on
+    data = ["--set", f"data.heldout={news}", "--set", "data.generated_fraction=0.5"]  # + teacher samples
+    proc = _unast(tmp_path, "--preset", "smoke", "--budget", "latency=0.75", "--output", str(out), *data)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert set(results["teacher"]) >= {"test_ppl", "params"}
-    assert set(results["student"]) >= {"test_ppl", "params", "latency_ratio", "param_ratio"}
+    assert set(results["teacher"]) >= {"test_ppl", "params", "heldout_ppl"}
+    assert set(results["student"]) >= {"test_ppl", "params", "latency_ratio", "param_ratio", "heldout_ppl", "heldout_kl"}
+    assert results["heldout"] == {"source": str(news), "tokens": 32 * 64} and results["student"]["heldout_kl"] > 0
+    assert "held-out ppl" in proc.stdout and "held-out perplexity" in (out / "README.md").read_text()
+    assert results["compute_dtype"] in ("float32", "bfloat16") and results["regime"]["dtype"] == results["deploy_dtype"]
+    assert set(results["peak_rss_mb"]) >= {"prepare", "distill", "finetune"} and "peak RSS" in proc.stdout
     assert set(results["wall_s"]) >= {"prepare", "capture", "score", "cost", "search", "select", "finetune", "evaluate"}
     assert results["student"]["params"] < results["teacher"]["params"]
     assert results["predicted_ratio"]["latency"] <= 0.75 + 1e-9
@@ -68,7 +77,7 @@ def test_smoke_run_exports_a_reloadable_model_and_a_family_reuses_its_work(tmp_p
     # are all reused. Parameter budgets: the tiny teacher's latency is mostly overhead, so how low a latency
     # budget can go depends on how loaded the machine is when the table is measured.
     family = tmp_path / "family"
-    again = _unast(tmp_path, "--preset", "smoke", "--budget", "params=0.7,0.6", "--output", str(family))
+    again = _unast(tmp_path, "--preset", "smoke", "--budget", "params=0.7,0.6", "--output", str(family), *data)
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stdout + again.stderr
     assert "(8 reused)" in log and "distilled 16 candidates (16 reused, 0 failed" in log
@@ -135,3 +144,32 @@ def test_every_baseline_method_builds_a_model_on_the_same_store(tmp_path):
     assert scratch["finetune"]["steps"] == 4 + 2 * 2  # finetune + select steps x k of the smoke preset
     assert math.isfinite(scratch["student"]["test_ppl"]) and scratch["architecture_from"].endswith(".json")
     assert "cost table reused" in outputs["random-init"][1] and "cost table reused" in outputs["uniform"][1]
+
+
+def test_a_gemma3_shaped_teacher_runs_with_the_default_pool(tmp_path):
+    """Gemma 3 270M's attention shape (4 query heads, 1 KV head) in a tiny random model: the default pool's
+    "a third of the KV groups" is the whole group there, so it resolves to a smaller size instead of
+    stopping the run, and the whole pipeline exports a model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from unast_core.model.teacher import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    config = AutoConfig.for_model("gemma3_text", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=8,
+                                  max_position_embeddings=256, sliding_window=16,
+                                  layer_types=["sliding_attention", "full_attention"],
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                  bos_token_id=None)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gemma")
+    tokenizer.save_pretrained(tmp_path / "gemma")
+    out = tmp_path / "out"
+    # the smoke preset's small data and steps, with the default (cpu preset's) pool
+    proc = _unast(tmp_path, "--preset", "smoke", "--model", str(tmp_path / "gemma"), "--set", "pool={}",
+                  "--budget", "params=0.8", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    attention = [name for name in results["pool"] if name.startswith("attn")]
+    assert attention and results["pool"][:3] == ["teacher", "identity", "linear"], results["pool"]
+    assert results["student"]["param_ratio"] <= 0.8 + 1e-9

@@ -24,13 +24,16 @@ class Store:
 
 
 def smoke_config(home, **overrides) -> RunConfig:
-    return build_config("smoke", overrides={"home": str(home), "cost.calibration_samples": 2, **overrides})
+    # fp32 pinned, so that the numbers do not depend on the CPU's bf16 support (tests/tasks/test_precision.py
+    # runs the bf16 path).
+    return build_config("smoke", overrides={"home": str(home), "cost.calibration_samples": 2,
+                                            "compute.dtype": "float32", **overrides})
 
 
 @pytest.fixture(scope="package")
 def store(tmp_path_factory) -> Store:
     config = smoke_config(tmp_path_factory.mktemp("home"))
-    prep = prepare.fn(config.teacher, config.data, config.cost, config.pool, str(config.home))
+    prep = prepare.fn(config.teacher, config.data, config.cost, config.pool, config.compute, str(config.home))
     lut = cost_table.fn(prep, config.cost)
     states = capture_states.fn(prep, "validation", config.score.batch_size)
     calib = capture_states.fn(prep, "calibration", config.score.batch_size, config.distill.seqs)

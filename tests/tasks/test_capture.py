@@ -15,7 +15,7 @@ def test_record_and_reuse(store):
 
 
 def test_a_crashed_capture_is_not_taken_as_done(store, monkeypatch):
-    def crash(model, tokens, directory, batch_size, on_step=None):
+    def crash(model, tokens, directory, batch_size, dtype=None, on_step=None):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "boundary-000.safetensors").write_bytes(b"partial")
         raise RuntimeError("killed")

@@ -13,7 +13,8 @@ def test_record_and_reuse(store):
     assert isinstance(prep, Prepared) and prep.sublayers[:2] == ["00.attn", "00.mlp"]
     assert prep.pool[0] == {"op": "teacher"} and prep.teacher.model == "tiny-random-llama"
     assert f":{os.getpid()}" in prep.worker
-    again = prepare.fn(store.config.teacher, store.config.data, store.config.cost, store.config.pool, prep.home)
+    again = prepare.fn(store.config.teacher, store.config.data, store.config.cost, store.config.pool, store.config.compute,
+                       prep.home)
     assert again.reused and again.data_path == prep.data_path and not prep.reused
     assert Prepared.model_validate_json(prep.model_dump_json()) == prep  # serialisable: travels to any worker
 
@@ -21,5 +22,29 @@ def test_record_and_reuse(store):
 def test_a_sequence_longer_than_the_model_is_an_error(tmp_path):
     config = smoke_config(tmp_path, **{"data.seq_len": 4096})
     with pytest.raises(UnastError, match="longer than the model supports"):
-        prepare.fn(config.teacher, config.data, config.cost, config.pool, str(tmp_path))
+        prepare.fn(config.teacher, config.data, config.cost, config.pool, config.compute, str(tmp_path))
     assert not list((tmp_path / "runs").rglob("*.safetensors"))  # nothing half-written
+
+
+def test_teacher_samples_are_cached_and_keyed_by_their_settings(tmp_path, monkeypatch):
+    import tasks.prepare as prepare_task
+
+    calls = []
+    real = prepare_task.sample_rows
+    monkeypatch.setattr(prepare_task, "sample_rows", lambda *a, **k: calls.append(a[2:]) or real(*a, **k))
+    config = smoke_config(tmp_path, **{"data.generated_fraction": 0.5})
+
+    def run(cfg):
+        return prepare.fn(cfg.teacher, cfg.data, cfg.cost, cfg.pool, cfg.compute, str(tmp_path))
+
+    first = run(config)
+    assert first.generated_key and len(calls) == 1 and calls[0][0] == 4 + 2  # half of 8 calibration + 4 validation
+    stored = next((tmp_path / "runs").rglob(f"generated/{first.generated_key}.safetensors"))
+    stamp = stored.stat().st_mtime_ns
+    other_split = config.model_copy(update={"data": config.data.model_copy(update={"test_seqs": 3})})
+    second = run(other_split)  # new splits, same samples: read back, not sampled again
+    assert second.data_key != first.data_key and second.generated_key == first.generated_key
+    assert len(calls) == 1 and stored.stat().st_mtime_ns == stamp
+    hotter = run(config.model_copy(update={"data": config.data.model_copy(update={"generate_temperature": 0.7})}))
+    assert hotter.generated_key != first.generated_key and len(calls) == 2
+    assert run(smoke_config(tmp_path)).generated_key is None  # the default smoke data has no samples

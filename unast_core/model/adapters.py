@@ -79,7 +79,9 @@ class Adapter:
     def build(self, index: int, spec: dict[str, Any], indices: dict[str, list[int]] | None = None) -> dict[str, nn.Module]:
         """The modules operator `spec` would put in place of sublayer `index` (not installed)."""
         sub = self.sublayers[index]
-        return build_operator(self.blocks[sub.block], self.family, sub.kind, spec, self.model.config, indices)
+        built = build_operator(self.blocks[sub.block], self.family, sub.kind, spec, self.model.config, indices)
+        like = next(self.model.parameters())  # new layers (linear) are made in fp32: match a bf16 model
+        return {name: module.to(device=like.device, dtype=like.dtype) for name, module in built.items()}
 
     @contextlib.contextmanager
     def installed(self, modules: dict[int, dict[str, nn.Module]]) -> Iterator[nn.Module]:

@@ -295,6 +295,9 @@ class UnastForCausalLM(PreTrainedModel):
         super().__init__(config)
         self.student = AutoModelForCausalLM.from_config(config.to_base_config())
         apply_choices(self.student, config.unast_layers)
+        # One dtype throughout: from_pretrained sets the default dtype to the checkpoint's (`dtype="auto"`), but
+        # the inner model follows its own config's dtype (the teacher's), and the replaced sublayers the default.
+        self.student.to(torch.get_default_dtype())
         self.post_init()
 
     def forward(self, *args: Any, **kwargs: Any):

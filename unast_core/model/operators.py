@@ -12,13 +12,14 @@ so the smaller operator reproduces the teacher's output as well as a linear map 
 from __future__ import annotations
 
 import copy
-from typing import Any
+import logging
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from unast_core.model.adapters import Adapter
-from unast_core.config import AttentionCandidate, PoolConfig
+from unast_core.config import PRESETS, AttentionCandidate, PoolConfig
 from unast_core.errors import UnastError
 from unast_core.model.modeling_unast import family_of, teacher_dims
 from unast_core.model.ops import OpSpec
@@ -36,6 +37,26 @@ def _count(value: int | float, full: int, field: str, even: bool = False) -> int
 
 def _bad(field: str, why: str) -> UnastError:
     return UnastError(f"invalid config field '{field}': {why}")
+
+
+def _attention_problem(heads: int, kv: int, d: int, config: Any, field: str) -> UnastError | None:
+    """The first reason (heads, kv, d) is not a valid downsized attention of this teacher, or None."""
+    dims, rope = teacher_dims(config), family_of(config)["rope"]
+    if heads > dims["heads"]:
+        return _bad(f"{field}.heads", f"{heads} is larger than the teacher's {dims['heads']} query heads")
+    if kv > dims["kv_heads"]:
+        return _bad(f"{field}.kv_heads", f"{kv} is larger than the teacher's {dims['kv_heads']} KV heads")
+    if heads % kv:
+        return _bad(f"{field}.heads", f"{heads} query heads do not divide evenly over {kv} KV heads")
+    if config.model_type == "gpt2" and kv != heads:
+        return _bad(f"{field}.kv_heads", "GPT-2 has no grouped-query attention: kv_heads must equal heads")
+    if d > dims["head_dim"]:
+        return _bad(f"{field}.head_dim", f"{d} is larger than the teacher's head dim {dims['head_dim']}")
+    if rope and d % 2:
+        return _bad(f"{field}.head_dim", f"{d} must be even (rotary embeddings rotate channel pairs)")
+    if (heads, kv, d) == (dims["heads"], dims["kv_heads"], dims["head_dim"]):
+        return _bad(field, "this is the teacher's own attention size; make it smaller or drop it")
+    return None
 
 
 def attention_spec(cand: AttentionCandidate, config: Any, field: str) -> dict[str, Any]:
@@ -56,32 +77,89 @@ def attention_spec(cand: AttentionCandidate, config: Any, field: str) -> dict[st
                                          f"{n_q} query / {n_kv} KV heads); set {field}.kv_heads too")
         kv = heads // group
     d = _count(cand.head_dim, full_d, f"{field}.head_dim", even=rope) if cand.head_dim is not None else full_d
-    if heads > n_q:
-        raise _bad(f"{field}.heads", f"{heads} is larger than the teacher's {n_q} query heads")
-    if kv > n_kv:
-        raise _bad(f"{field}.kv_heads", f"{kv} is larger than the teacher's {n_kv} KV heads")
-    if heads % kv:
-        raise _bad(f"{field}.heads", f"{heads} query heads do not divide evenly over {kv} KV heads")
-    if config.model_type == "gpt2" and kv != heads:
-        raise _bad(f"{field}.kv_heads", "GPT-2 has no grouped-query attention: kv_heads must equal heads")
-    if d > full_d:
-        raise _bad(f"{field}.head_dim", f"{d} is larger than the teacher's head dim {full_d}")
-    if rope and d % 2:
-        raise _bad(f"{field}.head_dim", f"{d} must be even (rotary embeddings rotate channel pairs)")
-    if (heads, kv, d) == (n_q, n_kv, full_d):
-        raise _bad(field, "this is the teacher's own attention size; make it smaller or drop it")
+    problem = _attention_problem(heads, kv, d, config, field)
+    if problem:
+        raise problem
     return {"op": "attention", "heads": heads, "kv_heads": kv, "head_dim": d}
 
 
-def resolve_pool(cfg: PoolConfig, config: Any) -> list[dict[str, Any]]:
-    """Pool config -> operator specs for this teacher (teacher first, duplicates dropped)."""
-    full = teacher_dims(config)["hidden"]
+def _bound(value: int | float | None, full: int, step: int = 1) -> int:
+    """The most a shipped entry may keep of a teacher size `full`: unset keeps it all; a fraction keeps
+    its rounded share, at least one step and at least one step less than the whole (so it shrinks)."""
+    if value is None:
+        return full
+    if isinstance(value, float) and value < 1:
+        return min(max(step, step * round(value * full / step)), full - step)
+    return min(int(value), full)
+
+
+def fitted_attention(cand: AttentionCandidate, config: Any, field: str) -> dict[str, Any] | None:
+    """A shipped (not user-written) attention entry made to fit this teacher: as written where valid, else
+    the largest valid size within its share (fewer query heads inside the groups, a smaller head dim),
+    else None. "A third of the KV groups" is a whole group on a 1-KV-head teacher (Gemma 3 270M: 4 query
+    heads / 1 KV head), so there it becomes one query head on that group instead of stopping the run."""
+    try:
+        return attention_spec(cand, config, field)
+    except UnastError:
+        pass
+    dims, rope = teacher_dims(config), family_of(config)["rope"]
+    max_q, max_kv = _bound(cand.heads, dims["heads"]), _bound(cand.kv_heads, dims["kv_heads"])
+    step = 2 if rope else 1
+    d = _bound(cand.head_dim, dims["head_dim"], step) // step * step
+    pairs = [(q, kv) for q in range(1, max_q + 1) for kv in range(1, min(q, max_kv) + 1)
+             if d >= 1 and _attention_problem(q, kv, d, config, field) is None]
+    if not pairs:
+        return None
+    # The most weights (q/o scale with heads, k/v with kv_heads); on a tie, more whole groups.
+    heads, kv = max(pairs, key=lambda p: (p[0] + p[1], p[1]))
+    return {"op": "attention", "heads": heads, "kv_heads": kv, "head_dim": d}
+
+
+def _shipped(entries: list[Any], key: str, preset: str | None) -> bool:
+    """Whether a pool list is one the project ships (PoolConfig's default, or the preset's), not the user's.
+
+    `build_config` writes every default out before merging, so pydantic's fields-set cannot tell; the list
+    is compared instead. Without `preset` every preset's list counts (smoke's `heads: 0.5` then reads as
+    shipped too); a user who writes out exactly a shipped list gets the shipped behaviour."""
+    kind = type(PoolConfig.model_fields[key].default_factory()[0])
+    presets = [PRESETS[preset]] if preset in PRESETS else list(PRESETS.values()) if preset is None else []
+    shipped = [PoolConfig.model_fields[key].default_factory()]
+    shipped += [[kind(**e) for e in p["pool"][key]] for p in presets if key in p.get("pool", {})]
+    return any(entries == s for s in shipped)
+
+
+def resolve_pool(cfg: PoolConfig, config: Any, preset: str | None = None,
+                 warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Pool config -> operator specs for this teacher (teacher first, duplicates dropped).
+
+    An entry the user wrote that does not fit the teacher is an error naming its field. A shipped entry
+    (the default grid, or `preset`'s; see `_shipped`) must work on every teacher of a supported family, so
+    it shrinks to the nearest smaller valid size, or is dropped with one line through `warn` (default: the
+    "unast" logger)."""
+    warn = warn or logging.getLogger("unast").warning
+    dims = teacher_dims(config)
+    full = dims["hidden"]
     specs = [{"op": op} for op in cfg.ops]
-    specs += [attention_spec(c, config, f"pool.attention.{i}") for i, c in enumerate(cfg.attention)]
+    lenient = _shipped(cfg.attention, "attention", preset)
+    for i, c in enumerate(cfg.attention):
+        field = f"pool.attention.{i}"
+        spec = fitted_attention(c, config, field) if lenient else attention_spec(c, config, field)
+        if spec is None:
+            sizes = ", ".join(f"{k}={v:g}" for k, v in c.model_dump(exclude_none=True).items())
+            warn(f"default pool entry {field} ({sizes}) has no smaller valid size on this teacher ({dims['heads']} "
+                 f"query / {dims['kv_heads']} KV heads, head dim {dims['head_dim']}); dropped")
+        else:
+            specs.append(spec)
+    lenient = _shipped(cfg.mlp, "mlp", preset)
     for i, cand in enumerate(cfg.mlp):
-        hidden = _count(cand.hidden, full, f"pool.mlp.{i}.hidden")
+        field = f"pool.mlp.{i}.hidden"
+        hidden = _bound(cand.hidden, full) if lenient else _count(cand.hidden, full, field)
+        if lenient and hidden < 1:
+            warn(f"default pool entry pool.mlp.{i} (hidden={cand.hidden:g}) has no smaller valid size on this "
+                 f"teacher's MLP hidden size {full}; dropped")
+            continue
         if hidden >= full:
-            raise _bad(f"pool.mlp.{i}.hidden", f"{hidden} is not smaller than the teacher's MLP hidden size {full}")
+            raise _bad(field, f"{hidden} is not smaller than the teacher's MLP hidden size {full}")
         specs.append({"op": "mlp", "hidden": hidden})
     unique = {OpSpec.of(s).name: s for s in reversed(specs)}
     return [s for s in specs if unique.get(OpSpec.of(s).name) is s]

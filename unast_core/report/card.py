@@ -52,11 +52,12 @@ tokenizer = AutoTokenizer.from_pretrained("PATH", trust_remote_code=True)
 
 | | teacher | student | ratio |
 |---|---:|---:|---:|
-| test perplexity | {t['test_ppl']:.3f} | {s['test_ppl']:.3f} | {s['test_ppl'] / t['test_ppl']:.3f} |
-| parameters | {t['params']:,} | {s['params']:,} | {s['param_ratio']:.3f} |
+| test perplexity (in-domain) | {t['test_ppl']:.3f} | {s['test_ppl']:.3f} | {s['test_ppl'] / t['test_ppl']:.3f} |
+{_heldout_row(results)}| parameters | {t['params']:,} | {s['params']:,} | {s['param_ratio']:.3f} |
 | {regime.get('kind', 'prefill')} latency, s | {t['latency_s']:.4f} | {s['latency_s']:.4f} | {s['latency_ratio']:.3f} |
 
-KL(teacher || student) on the test split: {s['kl_to_teacher']:.4f} nats/token over {results.get('test_tokens', '?')} tokens.
+KL(teacher || student) on the test split: {s['kl_to_teacher']:.4f} nats/token over {results.get('test_tokens', '?')} tokens{_heldout_kl(results)}.
+Latency timed in {results.get('deploy_dtype', 'float32')} (the weights are saved in it); trained in {results.get('compute_dtype', 'float32')}.
 Latency: {regime.get('device', '?')}, {regime.get('kind', 'prefill')} batch {regime.get('batch_size', '?')} x {regime.get('seq_len', '?')}
 tokens (prefill: the prompt, last-token logits; decode: one token with that much context in the KV cache),
 median of interleaved repeats against the teacher in the same process, with the student's sublayers installed
@@ -73,6 +74,22 @@ attention / MLP)
 
 {results.get('sample', '')!r}
 """
+
+
+def _heldout_row(results: dict[str, Any]) -> str:
+    t, s = results["teacher"], results["student"]
+    if "heldout_ppl" not in s:
+        return ""
+    return (f"| held-out perplexity ({(results.get('heldout') or {}).get('source', '?')}) | {t['heldout_ppl']:.3f} | "
+            f"{s['heldout_ppl']:.3f} | {s['heldout_ppl'] / t['heldout_ppl']:.3f} |\n")
+
+
+def _heldout_kl(results: dict[str, Any]) -> str:
+    s = results["student"]
+    if "heldout_kl" not in s:
+        return "; no held-out set (data.heldout is None)"
+    return (f"; on the held-out set, a domain no stage trained on: {s['heldout_kl']:.4f} nats/token over "
+            f"{(results.get('heldout') or {}).get('tokens', '?')} tokens")
 
 
 def _prediction(results: dict[str, Any]) -> str:
@@ -100,7 +117,11 @@ def console_summary(results: dict[str, Any]) -> str:
         f"method          {results.get('method', 'unast')}",
         f"budget          {', '.join(f'{k}={v:g}' for k, v in results['budget'].items())}",
         f"architecture    {results.get('summary', '')}",
-        f"test perplexity teacher {t['test_ppl']:.3f}  student {s['test_ppl']:.3f}",
+        f"test perplexity teacher {t['test_ppl']:.3f}  student {s['test_ppl']:.3f} (in-domain, ratio "
+        f"{s['test_ppl'] / t['test_ppl']:.3f})",
+        *([f"held-out ppl    teacher {t['heldout_ppl']:.3f}  student {s['heldout_ppl']:.3f} (ratio "
+           f"{s['heldout_ppl'] / t['heldout_ppl']:.3f}, KL {s['heldout_kl']:.4f}; "
+           f"{(results.get('heldout') or {}).get('source', '?')})"] if "heldout_ppl" in s else []),
         f"latency ratio   {s['latency_ratio']:.3f} (measured, {results['regime'].get('kind', 'prefill')} "
         f"{results['regime']['batch_size']}x{results['regime']['seq_len']}){_prediction(results)}"
         f"{'; separate object ' + format(s['standalone_latency_ratio'], '.3f') if s.get('standalone_latency_ratio') else ''}",
@@ -112,6 +133,8 @@ def console_summary(results: dict[str, Any]) -> str:
         m = results["mlflow"]
         lines.append(f"mlflow          run {m['run_id']} in {m['tracking_uri']} (mlflow ui --backend-store-uri {m['tracking_uri']})")
     lines.append("wall time       " + ", ".join(f"{k} {v:.1f}s" for k, v in results["wall_s"].items()))
+    if any(results.get("peak_rss_mb", {}).values()):
+        lines.append("peak RSS        " + ", ".join(f"{k} {v / 1024:.1f}G" for k, v in results["peak_rss_mb"].items() if v))
     return "\n".join(lines)
 
 
@@ -184,6 +207,10 @@ def student_results(prep: Prepared, config: RunConfig, budget: dict[str, float],
         "method": config.method, "teacher_source": prep.source, "preset": config.preset, "budget": budget,
         "pool": [OpSpec.of(spec).name for spec in prep.pool],
         "teacher": measured.teacher, "student": student, "regime": measured.regime, "test_tokens": measured.test_tokens,
+        "heldout": None if not measured.heldout_tokens else {"source": config.data.heldout,
+                                                             "tokens": measured.heldout_tokens},
+        "data": {"source": config.data.source, "generated_fraction": config.data.generated_fraction},
+        "compute_dtype": prep.compute_dtype, "deploy_dtype": prep.deploy_dtype,
         "distill": None if distilled is None else {"errors": distilled.errors, "table1": distilled.table1,
                                                    "failed": distilled.failed, "trained": distilled.trained,
                                                    "reused": distilled.reused_count},
@@ -192,6 +219,6 @@ def student_results(prep: Prepared, config: RunConfig, budget: dict[str, float],
         "latency_prediction_error": student["latency_ratio"] / predicted["latency"] - 1 if "latency" in predicted else None,
         **choice.results, **({"scores_path": scores_path} if scores_path else {}),
         "finetune": {"val_loss_before": final.val_loss_before, "val_loss": final.val_loss, "steps": final.steps,
-                     "tokens": final.tokens},
+                     "tokens": final.tokens, "dtype": final.dtype},
         "output": str(Path(out_dir).resolve()), "run_dir": prep.run_dir, **run_info,
     }

