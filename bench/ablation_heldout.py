@@ -26,16 +26,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # name -> (what it tests, overrides)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "fp32-docs": ("the previous defaults: fp32, CPython docs only", ["compute.dtype=float32"]),
-    "bf16-docs": ("bf16 compute, CPython docs only", []),
+    "fp32": ("the previous defaults: fp32 compute, CPython docs only", ["compute.dtype=float32"]),
+    "bf16-timed": ("bf16 compute, timed and exported in bf16, docs only", ["cost.dtype=bfloat16"]),
+    "bf16-docs": ("bf16 compute (timed in fp32), docs only", []),
     "bf16-mix": ("bf16, half of calibration and validation sampled from the teacher", ["data.generated_fraction=0.5"]),
+    "bf16-mix-kd": ("bf16-mix, select and finetune on KD alone (no LM term)",
+                    ["data.generated_fraction=0.5", "select.lm_weight=0", "finetune.lm_weight=0"]),
+    "bf16-gen-kd": ("bf16, calibration and validation all sampled from the teacher, KD alone",
+                    ["data.generated_fraction=1.0", "select.lm_weight=0", "finetune.lm_weight=0"]),
     "bf16-mix-nolinear": ("bf16-mix without the least-squares linear operator",
                           ["data.generated_fraction=0.5", "pool.ops=[teacher,identity]"]),
     "bf16-mix-kl": ("bf16-mix, candidates scored by KL to the teacher", ["data.generated_fraction=0.5",
                                                                         "score.metric=kl"]),
     "bf16-mix-long": ("bf16-mix with 48 finetune steps and 64 distillation sequences",
                       ["data.generated_fraction=0.5", "finetune.steps=48", "distill.seqs=64"]),
-    "bf16-gen": ("bf16, calibration and validation all sampled from the teacher", ["data.generated_fraction=1.0"]),
 }
 
 

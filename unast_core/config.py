@@ -147,8 +147,14 @@ class ComputeConfig(_Strict):
 
 class CostConfig(_Strict):
     device: str = Field("auto", description="auto, cpu or cuda[:i]")
+    # Timed (and exported) in fp32 by default, whatever the compute dtype. Measured on SmolLM2-135M on this
+    # project's 2-core Sapphire Rapids CPU: the bf16 teacher's prefill is 2.3x faster than fp32 (125 vs 294 ms),
+    # but a teacher-sized sublayer gains more from bf16 than its cheaper replacements do (a half-width MLP keeps
+    # 0.56 of the teacher MLP's time in bf16), so the same latency fraction took a far deeper cut: at 0.75 the
+    # bf16-timed search replaced 29 sublayers by linear layers (params 0.607 vs 0.794) and the student's held-out
+    # perplexity was 104x the teacher's (bench/results/ablation.md). Set bfloat16 to budget the bf16 deployment.
     dtype: Literal["auto", "float32", "bfloat16"] | None = Field(
-        None, description="dtype the model is timed (and exported) in, as deployed; None: the compute dtype")
+        "float32", description="dtype the model is timed and exported in, as deployed (None: the compute dtype)")
     regime: RegimeConfig = RegimeConfig()
     warmup: int = Field(2, ge=0)
     repeats: int = Field(11, gt=0, description="interleaved repeats; the median is kept")
@@ -160,6 +166,12 @@ class SearchConfig(_Strict):
     k: int = Field(3, gt=0, description="number of diverse architectures (Eq. 4)")
     max_overlap: float = Field(0.7, gt=0, le=1, description="fraction of sublayers two solutions may share")
     time_limit_s: float = Field(30.0, gt=0)
+    # A replacement is trained to imitate its teacher sublayer, so a score below the teacher's (Eq. 2 < 0) is
+    # noise of a few validation sequences or a fit to their domain: on Gemma 3 270M, 23 of 144 scores were
+    # negative, and the ILP took every such "free" swap, landing at 0.70-0.75 measured latency for a 0.85
+    # budget. Floored, such a candidate ties with the teacher, and the teacher wins the tie.
+    floor_scores: bool = Field(True, description="treat a score below the teacher's as equal to it (the teacher "
+                               "is kept on a tie), so that no replacement is taken for free")
     # Timing on a shared host moves a ratio by about this much between repeats of the same measurement
     # (stop 9's side-by-side readings spread 0.009-0.055), so a measured latency holds within it.
     latency_tolerance: float = Field(0.02, ge=0, lt=1, description="a measured latency ratio holds the budget "

@@ -41,11 +41,25 @@ def check_reachable(lut: dict[str, Any], budget: dict[str, float]) -> None:
         raise _infeasible(lut, budget, missed)
 
 
+# Added to a floored score, so that a replacement that ties with the teacher does not win the tie: far below
+# any real score difference (nats), far above the ILP's tolerance on the objective.
+TIE_BREAK = 1e-6
+
+
+def floored(scores: list[list[float]], pool: list[dict[str, Any]]) -> list[list[float]]:
+    """Scores with every replacement (not the teacher operator) at least TIE_BREAK above 0, the teacher's own
+    score; NaN (failed or not applicable) stays NaN."""
+    teacher = [spec.get("op") == "teacher" for spec in pool]
+    return [[e if teacher[j] or math.isnan(e) else max(e, TIE_BREAK) for j, e in enumerate(row)] for row in scores]
+
+
 def plan(scores: list[list[float]], lut: dict[str, Any], budget: dict[str, float], cfg: SearchConfig,
          weights: list[list[str | None]] | None = None) -> dict[str, Any]:
     """K diverse architectures under `budget` = {cost name: fraction of the teacher's cost} (Eq. 3-4).
     `weights[i][j]` is the trained weights file of candidate j at sublayer i (None if untrained)."""
     pool = lut["pool"]
+    if cfg.floor_scores:
+        scores = floored(scores, pool)
     limits = _limits(lut, budget)
     costs = {name: lut["costs"][name] for name in budget}
     try:

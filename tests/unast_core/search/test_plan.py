@@ -55,3 +55,18 @@ def test_calibration_maps_the_budget_and_the_reported_prediction():
     assert best["table_ratio"]["latency"] == pytest.approx(0.6) and best["predicted_ratio"]["latency"] == pytest.approx(0.55)
     with pytest.raises(InfeasibleBudget, match="smallest reachable is latency=0.05"):  # -0.2 + 1.25 x 0.2, calibrated
         check_reachable(lut, {"latency": 0.01})
+
+
+def test_negative_scores_are_not_taken_for_free():
+    """A replacement scored below the teacher (noise of a few sequences) ties with it and loses the tie: with
+    a budget the teacher meets, nothing is replaced; unfloored, the ILP takes the 'free' skips."""
+    from unast_core.search.plan import TIE_BREAK, floored
+
+    scores = [[0.0, -0.28], [0.0, 0.1], [0.0, -0.05], [0.0, 0.2]]
+    assert floored(scores, LUT["pool"]) == [[0.0, TIE_BREAK], [0.0, 0.1], [0.0, TIE_BREAK], [0.0, 0.2]]
+    assert math.isnan(floored([[0.0, math.nan]], LUT["pool"])[0][1])
+    loose = {"latency": 1.0}
+    assert plan(scores, LUT, loose, SearchConfig(k=1))["architectures"][0]["choice"] == [0, 0, 0, 0]
+    assert plan(scores, LUT, loose, SearchConfig(k=1, floor_scores=False))["architectures"][0]["choice"] == [1, 0, 1, 0]
+    # under a budget that needs two skips, the floored ones are still the cheapest damage
+    assert plan(scores, LUT, {"latency": 0.6}, SearchConfig(k=1))["architectures"][0]["choice"] == [1, 0, 1, 0]
