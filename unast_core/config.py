@@ -33,6 +33,8 @@ class TeacherConfig(_Strict):
     model: str = Field("smollm2-135m", description="alias, local HF dir, .gguf file or hub id")
     cache_dir: Path | None = Field(None, description="converted teachers; default ~/.cache/unast/teachers")
     trust_remote_code: bool = Field(False, description="run the teacher's own modeling code (only if you trust it)")
+    allow_pickle: bool = Field(False, description="read a checkpoint that has only pickle weights "
+                               "(pytorch_model.bin) with torch.load(weights_only=True); off: safetensors only")
 
 
 class DataConfig(_Strict):
