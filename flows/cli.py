@@ -49,8 +49,15 @@ class _QuietUserErrors(logging.Filter):
         return True
 
 
+class _Parser(argparse.ArgumentParser):
+    """Command-line mistakes read like every other bad input: one `unast: error:` line and exit code 2."""
+
+    def error(self, message: str):
+        raise UnastError(f"{message}; see `{self.prog} --help`")
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="unast", description="Compress a causal LM by per-layer architecture search.")
+    parser = _Parser(prog="unast", description="Compress a causal LM by per-layer architecture search.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole pipeline and export the student")
     run.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
@@ -91,7 +98,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         overrides["home"] = args.home
     if args.runner:
         overrides["orchestration.runner"] = args.runner
-    if args.workers:
+    if args.workers is not None:
         overrides["orchestration.workers"] = args.workers
     return overrides
 
@@ -102,11 +109,17 @@ def _run(args: argparse.Namespace) -> int:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would otherwise warn while probing for GPUs
-    from unast_core.store import check_output_dir
+    from unast_core.data.corpus import check_source
     from unast_core.model.teacher import check_teacher_spec
+    from unast_core.store import check_home, check_output_dir
 
-    check_teacher_spec(config.teacher.model, config.teacher.trust_remote_code)
+    # every check that needs no teacher and no Prefect, so that bad input stops within seconds
     check_output_dir(config.output)
+    for setting, source in (("data.source", config.data.source), ("data.heldout", config.data.heldout)):
+        if source is not None:
+            check_source(source, config.data.text_field, setting)
+    check_teacher_spec(config.teacher.model, config.teacher.trust_remote_code, config.teacher.allow_pickle)
+    check_home(config.home)
     logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)  # noisy on ephemeral-server shutdown
     from flows.compress import compress
     from flows.runners import shared_api, task_runner
@@ -142,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         _keep_freed_memory()
         return _run(args) if args.command == "run" else _report(args)
     except UnastError as exc:
-        print(f"unast: error: {exc}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # always one line
+        print(f"unast: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("unast: interrupted; finished stages are kept and a rerun resumes from them", file=sys.stderr)

@@ -26,6 +26,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tasks.common import THREADS_ENV
 from unast_core.config import OrchestrationConfig
 
+LOOPBACK = "127.0.0.1"  # where the local Dask cluster listens (Prefect's temporary server binds there too)
+
 
 def _gpus() -> int:
     import torch
@@ -43,7 +45,8 @@ def task_runner(cfg: OrchestrationConfig):
     gpus = _gpus()
     workers = cfg.workers or gpus or 2
     threads = str(max(1, (os.cpu_count() or 1) // workers))
-    kwargs = {"n_workers": workers, "threads_per_worker": 1, "dashboard_address": None,
+    # the scheduler and workers listen on loopback only, and no dashboard is served
+    kwargs = {"n_workers": workers, "threads_per_worker": 1, "host": LOOPBACK, "dashboard_address": None,
               "env": {THREADS_ENV: threads, "OMP_NUM_THREADS": threads}}
     if gpus:
         return DaskTaskRunner(cluster_class="dask_cuda.LocalCUDACluster",

@@ -32,8 +32,8 @@ THREADS_ENV = "UNAST_TORCH_THREADS"  # set on Dask workers: torch threads per wo
 
 
 @functools.lru_cache(maxsize=4)
-def _teacher(model: str, cache_dir: str | None, trust_remote_code: bool, thread: int) -> Teacher:
-    teacher = load_teacher(model, Path(cache_dir) if cache_dir else None, trust_remote_code)
+def _teacher(model: str, cache_dir: str | None, trust_remote_code: bool, allow_pickle: bool, thread: int) -> Teacher:
+    teacher = load_teacher(model, Path(cache_dir) if cache_dir else None, trust_remote_code, allow_pickle)
     teacher.model.requires_grad_(False)
     return teacher
 
@@ -44,7 +44,7 @@ def teacher_for(cfg: TeacherConfig) -> Teacher:
     their own copy: correctness never rests on a lock."""
     setup_worker()
     return _teacher(cfg.model, str(cfg.cache_dir) if cfg.cache_dir else None, cfg.trust_remote_code,
-                    threading.get_ident())
+                    cfg.allow_pickle, threading.get_ident())
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:

@@ -33,6 +33,8 @@ class TeacherConfig(_Strict):
     model: str = Field("smollm2-135m", description="alias, local HF dir, .gguf file or hub id")
     cache_dir: Path | None = Field(None, description="converted teachers; default ~/.cache/unast/teachers")
     trust_remote_code: bool = Field(False, description="run the teacher's own modeling code (only if you trust it)")
+    allow_pickle: bool = Field(False, description="read a checkpoint that has only pickle weights "
+                               "(pytorch_model.bin) with torch.load(weights_only=True); off: safetensors only")
 
 
 class DataConfig(_Strict):
@@ -368,7 +370,11 @@ def parse_budget(items: list[str]) -> dict[str, float | list[float]]:
             values = [float(v) for v in value.split(",")]
         except ValueError:
             raise UnastError(f"budget '{item}': '{value}' is not a number or a comma-separated list") from None
-        budget[kind.strip()] = values[0] if len(values) == 1 else values
+        kind = kind.strip()
+        if kind in budget:
+            raise UnastError(f"budget '{kind}' is given twice; give one --budget {kind}=... (a comma-separated "
+                             f"list, e.g. {kind}=0.8,0.6, builds one model per value)")
+        budget[kind] = values[0] if len(values) == 1 else values
     return budget
 
 
@@ -380,9 +386,15 @@ def budget_name(budget: dict[str, float]) -> str:
 def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     """`set_dotted(d, "finetune.steps", 10)` (values given as YAML scalars by the CLI)."""
     *parents, leaf = dotted.split(".")
+    if not all(parents + [leaf]):
+        raise UnastError(f"setting '{dotted}' is not a dotted field name like finetune.steps")
     node = tree
-    for part in parents:
+    for depth, part in enumerate(parents):
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            where = ".".join(parents[:depth + 1])
+            raise UnastError(f"setting '{dotted}': '{where}' is a single value, not a group of settings; "
+                             f"set {where}=VALUE")
     node[leaf] = value
 
 
@@ -396,14 +408,29 @@ def build_config(preset: str = "cpu", file: Path | None = None, overrides: dict[
     if file is not None:
         try:
             loaded = yaml.safe_load(Path(file).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise UnastError(f"cannot read config file {file}: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UnastError(f"cannot read config file {file}: {_one_line(exc)}") from None
+        except yaml.YAMLError as exc:
+            raise UnastError(f"config file {file} is not valid YAML: {_describe_yaml_error(exc)}; fix the file") from None
         if not isinstance(loaded, dict):
             raise UnastError(f"config file {file} must hold a mapping of settings")
         tree = deep_merge(tree, loaded)
     for dotted, value in (overrides or {}).items():
         set_dotted(tree, dotted, value)
     return validate_config(tree)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _describe_yaml_error(exc: yaml.YAMLError) -> str:
+    """PyYAML's message spans several lines (context, marks, a caret); keep the problem and where it is."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return _one_line(exc)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
 
 
 def validate_config(tree: dict[str, Any]) -> RunConfig:

@@ -114,16 +114,43 @@ def copy_tree(src: Path, dst: Path) -> Path:
     return Path(dst)
 
 
+def _existing_ancestor(path: Path) -> Path:
+    for parent in [path, *path.absolute().parents]:
+        if parent.exists():
+            return parent
+    return Path("/")
+
+
 def check_output_dir(path: Path) -> None:
-    """Refuse to replace a directory that is not a previous export: `export` swaps the whole directory."""
+    """Refuse to replace a directory that is not a previous export: `export` swaps the whole directory.
+    Also refuse a path that could not be created (under a regular file, or in a read-only directory)."""
     from unast_core.errors import UnastError
 
     path = Path(path)
     if path.is_file():
         raise UnastError(f"output {path} is a file; give a directory path")
+    base = _existing_ancestor(path)
+    if not base.is_dir():
+        raise UnastError(f"output {path} cannot be created: {base} is a file; give a directory path")
+    if not path.exists() and not os.access(base, os.W_OK | os.X_OK):
+        raise UnastError(f"output {path} cannot be created: {base} is not writable; give another --output")
     if path.is_dir() and any(path.iterdir()) and not (path / "results.json").exists() \
             and not (path / "family.json").exists():
         raise UnastError(f"output directory {path} exists and is not a UNAST export; choose a new or empty directory")
+
+
+def check_home(path: Path) -> None:
+    """The run store's home must be a directory this process can write (it is created if missing)."""
+    from unast_core.errors import UnastError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".unast-write-check-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UnastError(f"home {path} is not a writable directory ({reason}); give another --home") from None
 
 
 class RunStore:

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow
 
 
 def _env(tmp_path):
-    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true")
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), UNAST_CACHE=str(tmp_path / "cache"),
+               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               MLFLOW_DISABLE_TELEMETRY="true")
     return env
 
 
@@ -88,27 +89,6 @@ def test_smoke_run_exports_a_reloadable_model_and_a_family_reuses_its_work(tmp_p
         assert model["predicted_ratio"]["params"] <= limit + 1e-9 and model["budget"] == {"params": limit}
         assert model["student"]["param_ratio"] <= limit + 1e-9
     assert log.count("test perplexity") == 2
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--model", "no-such-org/no-such-model"], "unknown model"),
-    (["--budget", "latency=0"], "invalid config field 'budget'"),
-    (["--budget", "latency=1.5"], "invalid config field 'budget'"),
-    (["--preset", "smoke", "--budget", "params=0.01"], "smallest reachable is params="),
-    (["--preset", "smoke", "--set", "data.source=EMPTY"], "is empty"),
-    (["--preset", "smoke", "--set", "data.seq_len=4096"], "longer than the model supports"),
-    (["--preset", "smoke", "--set", "pool.mlp=[{hidden: 1000}]"], "invalid config field 'pool.mlp.0.hidden'"),
-    (["--preset", "smoke", "--set", "pool.attention=[{heads: 3}]"], "invalid config field 'pool.attention.0.heads'"),
-])
-def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n\n")
-    args = [a.replace("EMPTY", str(empty)) for a in args]
-    proc = _unast(tmp_path, *args, "--output", str(tmp_path / "out"))
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr + proc.stdout
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("unast: error: ")]
-    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
 
 
 def test_every_baseline_method_builds_a_model_on_the_same_store(tmp_path):

@@ -105,3 +105,24 @@ def test_an_override_changes_only_the_field_it_names(preset):
             tested += 1
             break
     assert tested >= 60, tested
+
+
+def test_a_budget_kind_given_twice_is_an_error():
+    with pytest.raises(UnastError, match="budget 'latency' is given twice.*latency=0.8,0.6"):
+        parse_budget(["latency=0.7", "params=0.5", " latency=0.6"])
+
+
+def test_a_setting_below_a_single_value_and_a_blank_name_are_errors():
+    with pytest.raises(UnastError, match="'finetune.steps' is a single value, not a group"):
+        build_config("smoke", overrides={"finetune.steps.max": 3})
+    with pytest.raises(UnastError, match="not a dotted field name"):
+        build_config("smoke", overrides={"finetune.": 3})
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_position(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("finetune:\n  steps: 3\n   lr_max: 1\n")
+    with pytest.raises(UnastError) as info:
+        build_config("smoke", bad)
+    message = str(info.value)
+    assert "\n" not in message and "is not valid YAML" in message and "line 3" in message, message

