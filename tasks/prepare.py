@@ -50,7 +50,7 @@ def teacher_samples(teacher, store: RunStore, key: str, rows: int, cfg: DataConf
     """The teacher's sampled rows under `key` in the run store (sampled once, then read back)."""
     path = store.path("generated", f"{key}.safetensors")
     if not path.exists():
-        bar = progress(-(-rows // 16), "sample teacher text")
+        bar = progress(-(-rows // 64), "sample teacher text")
         with computing():
             tokens = sample_rows(teacher.model, teacher.tokenizer, rows, cfg.seq_len, cfg.generate_temperature,
                                  cfg.generate_top_p, cfg.seed, dtype, on_batch=lambda done, total: bar.update(1))

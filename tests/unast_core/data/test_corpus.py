@@ -17,6 +17,11 @@ from unast_core.data.corpus import SPLITS, build_splits, data_fingerprint, load_
 from unast_core.errors import UnastError
 
 
+def _docs(**fields) -> DataConfig:
+    """These tests split the documents themselves: no teacher samples mixed in (the default mixes half)."""
+    return DataConfig(**{"generated_fraction": 0.0, **fields})
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     """A byte-level tokenizer: one token per byte (ids 0..255) plus <eos> (id 256); no hub access."""
@@ -132,7 +137,7 @@ def test_pack_without_eos_and_empty():
 
 
 def test_build_splits_cpython_shapes_and_determinism(tokenizer):
-    cfg = DataConfig(seq_len=64, calibration_seqs=8, validation_seqs=4, test_seqs=4)
+    cfg = _docs(seq_len=64, calibration_seqs=8, validation_seqs=4, test_seqs=4)
     splits, again = build_splits(tokenizer, cfg), build_splits(tokenizer, cfg)
     assert tuple(splits) == (*SPLITS, "heldout")
     for name in (*SPLITS, "heldout"):
@@ -144,14 +149,14 @@ def test_build_splits_cpython_shapes_and_determinism(tokenizer):
 
 
 def test_build_splits_default_config(tokenizer):
-    cfg = DataConfig()
+    cfg = _docs()
     splits = build_splits(tokenizer, cfg)
     assert {name: tuple(t.shape) for name, t in splits.items()} == {
         name: (getattr(cfg, f"{name}_seqs"), cfg.seq_len) for name in (*SPLITS, "heldout")}
 
 
 def test_splits_share_no_rows(tokenizer):
-    splits = build_splits(tokenizer, DataConfig(seq_len=32, calibration_seqs=16, validation_seqs=8, test_seqs=8))
+    splits = build_splits(tokenizer, _docs(seq_len=32, calibration_seqs=16, validation_seqs=8, test_seqs=8))
     rows = {name: {tuple(r) for r in splits[name].tolist()} for name in SPLITS}
     assert not rows["calibration"] & rows["validation"]
     assert not rows["calibration"] & rows["test"]
@@ -160,7 +165,7 @@ def test_splits_share_no_rows(tokenizer):
 
 def test_splits_are_disjoint_at_document_level(tokenizer, tmp_path):
     path = _letter_docs(tmp_path)
-    cfg = DataConfig(source=str(path), seq_len=16, calibration_seqs=12, validation_seqs=4, test_seqs=4, seed=3)
+    cfg = _docs(source=str(path), seq_len=16, calibration_seqs=12, validation_seqs=4, test_seqs=4, seed=3)
     splits = build_splits(tokenizer, cfg)
     eos = tokenizer.eos_token_id
     docs = {name: set(splits[name].flatten().tolist()) - {eos} for name in SPLITS}
@@ -174,16 +179,16 @@ def test_empty_data_raises(tokenizer, tmp_path):
     blank = tmp_path / "blank.txt"
     blank.write_text("\n  \n\n", encoding="utf-8")
     with pytest.raises(UnastError, match="is empty"):
-        build_splits(tokenizer, DataConfig(source=str(blank)))
+        build_splits(tokenizer, _docs(source=str(blank)))
     empty = _write_jsonl(tmp_path / "empty.jsonl", [{"text": ""}, {"text": "  "}])
     with pytest.raises(UnastError, match="is empty"):
-        build_splits(tokenizer, DataConfig(source=str(empty)))
+        build_splits(tokenizer, _docs(source=str(empty)))
 
 
 def test_too_small_data_reports_numbers(tokenizer, tmp_path):
     path = tmp_path / "small.txt"
     path.write_text("x" * 49 + "\n\n" + "y" * 49, encoding="utf-8")  # 2 docs x (49 + eos) = 100 tokens
-    cfg = DataConfig(source=str(path), seq_len=16, calibration_seqs=8, validation_seqs=4, test_seqs=4)
+    cfg = _docs(source=str(path), seq_len=16, calibration_seqs=8, validation_seqs=4, test_seqs=4)
     with pytest.raises(UnastError, match=r"need 256 tokens.*only 100 are available.*seq_len") as info:
         build_splits(tokenizer, cfg)
     assert "\n" not in str(info.value)
@@ -192,7 +197,7 @@ def test_too_small_data_reports_numbers(tokenizer, tmp_path):
 def test_whole_document_assignment_can_exhaust_data(tokenizer, tmp_path):
     path = tmp_path / "one.txt"
     path.write_text("z" * 99, encoding="utf-8")  # a single document of 100 tokens: the test split takes it all
-    cfg = DataConfig(source=str(path), seq_len=10, calibration_seqs=1, validation_seqs=1, test_seqs=1)
+    cfg = _docs(source=str(path), seq_len=10, calibration_seqs=1, validation_seqs=1, test_seqs=1)
     with pytest.raises(UnastError, match="lost at split boundaries.*validation split got 0 of 1"):
         build_splits(tokenizer, cfg)
 
@@ -201,7 +206,7 @@ def test_tokenizer_without_eos(tokenizer, tmp_path):
     path = _letter_docs(tmp_path)
     no_eos = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer)
     assert no_eos.eos_token_id is None
-    cfg = DataConfig(source=str(path), seq_len=8, calibration_seqs=4, validation_seqs=2, test_seqs=2)
+    cfg = _docs(source=str(path), seq_len=8, calibration_seqs=4, validation_seqs=2, test_seqs=2)
     splits = build_splits(no_eos, cfg)
     assert splits["calibration"].shape == (4, 8)
 
@@ -210,10 +215,10 @@ def test_tokenizer_without_eos(tokenizer, tmp_path):
 
 
 def test_fingerprint_tracks_settings_tokenizer_and_content(tmp_path):
-    base = DataConfig()
+    base = _docs()
     key = data_fingerprint(base, "tok-a")
     assert len(key) == 16 and int(key, 16) >= 0
-    assert key == data_fingerprint(DataConfig(), "tok-a")
+    assert key == data_fingerprint(_docs(), "tok-a")
     changed = [
         data_fingerprint(base.model_copy(update={"seq_len": 128}), "tok-a"),
         data_fingerprint(base.model_copy(update={"seed": 1}), "tok-a"),
@@ -224,7 +229,7 @@ def test_fingerprint_tracks_settings_tokenizer_and_content(tmp_path):
 
     path = tmp_path / "corpus.txt"
     path.write_text("hello", encoding="utf-8")
-    cfg = DataConfig(source=str(path))
+    cfg = _docs(source=str(path))
     before = data_fingerprint(cfg, "tok-a")
     path.write_text("hello again", encoding="utf-8")
     assert data_fingerprint(cfg, "tok-a") != before
