@@ -12,11 +12,6 @@ from unast_core.store import content_key, read_json, write_json
 from unast_core.train.precision import deployed
 
 
-def _dtype_key(prep: Prepared) -> tuple[str, ...]:
-    """Timing in fp32 keeps the keys of tables timed before dtypes existed."""
-    return () if prep.deploy_dtype == "float32" else (prep.deploy_dtype,)
-
-
 def _record(path, lut: dict, reused: bool) -> CostTable:
     return CostTable(path=str(path), device=lut["device"], regime=lut["regime"], teacher=lut["teacher"],
                      fixed=lut["fixed"], calibration=lut.get("calibration", {}).get("latency"), reused=reused)
@@ -28,7 +23,7 @@ def cost_table(prep: Prepared, cfg: CostConfig) -> CostTable:
     on the host (`timing`)."""
     device = resolve_device(cfg.device)
     path = prep.store().lut(device, content_key(prep.pool, cfg.model_dump(), torch.get_num_threads(), MEASUREMENT,
-                                                *_dtype_key(prep)))
+                                                *prep.deploy_key()))
     if path.exists():
         return _record(path, read_json(path), True)
     with timing(), deployed(prep.deploy_dtype, teacher_for(prep.teacher).model) as (model,), on_device(device, model):
@@ -43,7 +38,7 @@ def measure_architectures(prep: Prepared, layer_sets: list[list[dict]], cfg: Cos
     """Cost ratios of each architecture against the teacher: {"latency": measured, timed interleaved in one
     loop, alone on the host; "params": exact}. Stored by content, so that a rerun makes the same decisions."""
     device = resolve_device(cfg.device)
-    key = content_key(layer_sets, cfg.model_dump(), MEASUREMENT, *_dtype_key(prep))
+    key = content_key(layer_sets, cfg.model_dump(), MEASUREMENT, *prep.deploy_key())
     path = prep.store().path("measured", f"{device}-{key}.json")
     if path.exists():
         return read_json(path)

@@ -26,7 +26,7 @@ def distill_candidate(prep: Prepared, states: States, index: int, pool_index: in
     spec = prep.pool[pool_index]
     name, sublayer = OpSpec.of(spec).name, prep.sublayers[index]
     key = content_key(prep.fingerprint, states.dir, index, spec, cfg.model_dump(), init, seed,
-                      *([] if prep.compute_dtype == "float32" else [prep.compute_dtype]))
+                      *prep.compute_key())
     base = prep.store().path("candidates", sublayer, f"{name}-{key}")
     row = {"index": index, "pool_index": pool_index, "sublayer": sublayer, "candidate": name, "spec": spec}
     if base.with_suffix(".json").exists():

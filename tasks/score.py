@@ -15,7 +15,7 @@ def score(prep: Prepared, states: States, index: int, weights: list, cfg: ScoreC
     """Stage 3 for one sublayer: Eq. 2 scores of every candidate (a failed candidate scores NaN);
     `weights[j]` is candidate j's trained weights at this sublayer (see `score_sublayer`)."""
     key = content_key(prep.data_key, prep.pool, weights, cfg.model_dump(), index,
-                      *([] if prep.compute_dtype == "float32" else [prep.compute_dtype]))
+                      *prep.compute_key())
     path = prep.store().path("scores", key[:2], f"{key}.json")
     reused = path.exists()
     if not reused:

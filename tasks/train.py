@@ -19,7 +19,7 @@ def train(prep: Prepared, layers: list[dict], candidates: dict[str, str], init: 
     weights (`candidates`: {sublayer index: file}) or from a student checkpoint `init`; a diverged run is
     reported as failed, so the other architectures' work stands."""
     out = prep.store().path("train", content_key(prep.data_key, layers, candidates, init, cfg.model_dump(), seed,
-                                                 *([] if prep.compute_dtype == "float32" else [prep.compute_dtype])))
+                                                 *prep.compute_key()))
     if (out / "metrics.json").exists():
         stored = read_json(out / "metrics.json")
         return Trained(**{k: v for k, v in stored.items() if k in Trained.model_fields}, reused=True)

@@ -60,6 +60,14 @@ class Prepared(Record):
     deploy_dtype: str = "float32"          # what latency is timed in and the export is saved in
     generated_key: str | None = None       # teacher samples mixed into calibration / validation
 
+    def compute_key(self) -> tuple[str, ...]:
+        """Content-key part for work done in the compute dtype (empty for fp32: keys made before dtypes hold)."""
+        return () if self.compute_dtype == "float32" else (self.compute_dtype,)
+
+    def deploy_key(self) -> tuple[str, ...]:
+        """Content-key part for work timed in the deployed dtype (empty for fp32, likewise)."""
+        return () if self.deploy_dtype == "float32" else (self.deploy_dtype,)
+
     def describe(self) -> str:
         return f"teacher {self.source} ({self.model_type}, {len(self.sublayers)} sublayers), run store {self.run_dir}"
 

@@ -17,7 +17,7 @@ from torch import nn
 from unast_core.config import TrainConfig
 from unast_core.train.engine import make_engine
 from unast_core.errors import UnastError
-from unast_core.train.losses import kd_terms, lm_loss, lm_loss_terms
+from unast_core.train.losses import chunked_distill_loss, kd_terms, lm_loss, lm_loss_terms
 from unast_core.train.precision import autocast
 
 
@@ -51,8 +51,6 @@ def distill_loss(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, cfg:
     full-logits form (`full_logits=True`) is kept as the reference the chunked one is tested and
     benchmarked against."""
     if not full_logits:
-        from unast_core.train.losses import chunked_distill_loss
-
         return chunked_distill_loss(student, teacher, ids, cfg.lm_weight, cfg.kd_weight, cfg.temperature)
     logits = student(ids, use_cache=False).logits
     loss = cfg.lm_weight * lm_loss_terms(logits, ids) / ids[:, 1:].numel()
