@@ -38,7 +38,8 @@ LABELS = {"unast": "UNAST (full pool)", "unast-depth": "UNAST-depth (teacher + i
           "shortgpt": "ShortGPT (block influence)", "shortened-llama": "Shortened LLaMA (block perplexity)",
           "uniform": "uniform width (teacher init)", "random-init": "UNAST architecture, random init"}
 # The comparison the issue asks for: (better, worse) pairs of methods at the same budget.
-CHECKS = [("unast", "unast-depth"), ("unast-depth", "shortgpt"), ("unast", "uniform"), ("unast", "random-init")]
+CHECKS = [("unast", "unast-depth"), ("unast", "shortgpt"), ("unast", "shortened-llama"), ("unast", "uniform"),
+          ("unast", "random-init"), ("unast-depth", "shortgpt")]
 SAME_LATENCY = 0.05
 
 
