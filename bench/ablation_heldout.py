@@ -40,14 +40,17 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                                                                         "score.metric=kl"]),
     "bf16-mix-long": ("bf16-mix with 48 finetune steps and 64 distillation sequences",
                       ["data.generated_fraction=0.5", "finetune.steps=48", "distill.seqs=64"]),
-    "mix-ft96": ("the default (half teacher text), final finetune 96 steps instead of 24", ["finetune.steps=96"]),
+    "mix-ft96": ("the default (half teacher text), final finetune 96 KD + LM steps at 1e-4",
+                 ["finetune.steps=96", "finetune.lm_weight=1", "finetune.lr_max=1e-4", "finetune.lr_min=1e-5"]),
     "mix-ft96-kd-lr3": ("96 finetune steps on KD alone at lr 3e-4 -> 3e-5",
                         ["finetune.steps=96", "finetune.lm_weight=0", "finetune.lr_max=3e-4", "finetune.lr_min=3e-5"]),
     "d128-kd": ("mix-ft96-kd-lr3 with every calibration row distilled (128, 8 held back) for 60 steps, select on KD",
                 ["finetune.steps=96", "finetune.lm_weight=0", "finetune.lr_max=3e-4", "finetune.lr_min=3e-5",
                  "select.lm_weight=0", "distill.seqs=128", "distill.eval_seqs=8", "distill.steps=60"]),
-    "mix-ft96-lr3": ("96 finetune steps, KD + LM, at lr 3e-4 -> 3e-5", ["finetune.steps=96", "finetune.lr_max=3e-4",
+    "mix-ft96-lr3": ("96 finetune steps, KD + LM, at lr 3e-4 -> 3e-5", ["finetune.steps=96", "finetune.lm_weight=1", "finetune.lr_max=3e-4",
                                                       "finetune.lr_min=3e-5"]),
+    "table3-no-select-ft": ("the paper's Table 3: select among the K searched architectures without the short "
+                            "finetune (select.steps=0)", ["select.steps=0"]),
 }
 
 
