@@ -132,6 +132,9 @@ def gc(home: Path, cutoff: float, dry_run: bool = True, unrecorded: str = "keep"
             links.setdefault((st.st_dev, st.st_ino), [st.st_nlink, st.st_size, 0])[2] += 1
     freed = sum(size for nlink, size, going in links.values() if going >= nlink)
     linked = sum(size for nlink, size, going in links.values() if going < nlink)
+    by_stage: dict[str, int] = defaultdict(int)
+    for unit in doomed:
+        by_stage[unit.stage] += unit.size()
     if not dry_run:
         for unit in doomed:
             with contextlib.ExitStack() as held:  # the unit's lock, and each file's (a task locks either)
@@ -146,8 +149,5 @@ def gc(home: Path, cutoff: float, dry_run: bool = True, unrecorded: str = "keep"
                             os.unlink(path)
                         except FileNotFoundError:
                             pass
-    by_stage: dict[str, int] = defaultdict(int)
-    for unit in doomed:
-        by_stage[unit.stage] += unit.size()
     return {"units": [str(u.path) for u in doomed], "by_stage": dict(by_stage), "freed": freed,
             "linked_elsewhere": linked, "kept_unrecorded": kept_unrecorded, "dry_run": dry_run}
