@@ -29,7 +29,10 @@ def add_parser(sub) -> None:
 
 
 def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale / 10:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
 
 
 def _run_starts(home: Path) -> list[float]:
