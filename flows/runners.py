@@ -63,9 +63,9 @@ def shared_api(cfg: OrchestrationConfig) -> Iterator[None]:
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.server import OwnedServer
+    from flows.server import owned_server
 
-    server = OwnedServer()
+    server = owned_server()
     server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
     os.environ["PREFECT_API_URL"] = server.api_url  # inherited by the worker processes the cluster spawns
     try:

@@ -1,7 +1,7 @@
 """The temporary Prefect server of a run, tied to the run's process: it dies with it, however the run dies.
 
 Prefect's own temporary server is a plain child process: when the run is SIGKILLed or OOM-killed it lives on
-(parent 1), holding the terminal's output pipe open, so a script waiting on `unast run` hangs. `OwnedServer`
+(parent 1), holding the terminal's output pipe open, so a script waiting on `unast run` hangs. `owned_server`
 starts it with the kernel's parent-death signal (Linux `PR_SET_PDEATHSIG`): SIGTERM as soon as the process
 that started it is gone.
 """
@@ -31,7 +31,9 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-class OwnedServer(prefect_server.SubprocessASGIServer):
+class _DiesWithParent:
+    """Mixed into Prefect's SubprocessASGIServer: its uvicorn child is started with the parent-death signal."""
+
     def _run_uvicorn_command(self) -> subprocess.Popen:
         if not sys.platform.startswith("linux"):
             return super()._run_uvicorn_command()
@@ -43,3 +45,8 @@ class OwnedServer(prefect_server.SubprocessASGIServer):
             return super()._run_uvicorn_command()
         finally:
             prefect_server.subprocess = saved
+
+
+def owned_server():
+    """A temporary Prefect server (the class Prefect has now) that dies with this process."""
+    return type("OwnedServer", (_DiesWithParent, prefect_server.SubprocessASGIServer), {})()

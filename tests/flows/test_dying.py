@@ -38,6 +38,24 @@ def test_a_teacher_too_large_for_memory_is_refused_before_loading(tmp_path, monk
     assert "smaller --model" in err[0]
 
 
+def test_the_temporary_prefect_server_is_started_to_die_with_the_run(monkeypatch):
+    from prefect.server.api import server as prefect_server
+
+    from flows.server import owned_server
+
+    calls = []
+    monkeypatch.setattr(prefect_server.subprocess, "Popen", lambda args, **kwargs: calls.append((args, kwargs)))
+    server = owned_server()
+    try:
+        server.port = 4297
+        server._run_uvicorn_command()
+    finally:
+        server.stop()
+    (args, kwargs), = calls
+    assert args[args.index("--host") + 1] == "127.0.0.1" and callable(kwargs.get("preexec_fn"))
+    assert prefect_server.subprocess is __import__("subprocess")  # Prefect's module is left as it was
+
+
 def _session(sid: int) -> list[str]:
     """Command lines of the processes still in session `sid`."""
     left = []
