@@ -76,6 +76,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. finetune.steps=10")
     report = sub.add_parser("report", help="print the results of an exported run")
     report.add_argument("dir", type=Path)
+    from flows.store_cli import add_parser as add_store
+
+    add_store(sub)
     return parser.parse_args(argv)
 
 
@@ -153,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parse_args(argv)
         _keep_freed_memory()
+        if args.command == "store":
+            from flows.store_cli import run as store
+
+            return store(args)
         return _run(args) if args.command == "run" else _report(args)
     except UnastError as exc:
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # always one line

@@ -16,6 +16,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.stages import Run, capture, distill_all, export, finetune, score_all, select
 from tasks.choose import pick, shortlist
 from tasks.cost import cost_table
+from tasks.disk import check_disk
 from tasks.evaluate import evaluate
 from tasks.prepare import prepare
 from tasks.report import check_outputs, score_figures, write_family
@@ -30,6 +31,7 @@ def compress(config: RunConfig) -> dict[str, Any]:
         check_outputs(cfg)
         prep = run.stage("prepare", prepare, cfg.teacher, cfg.data, cfg.cost, cfg.method_pool(), cfg.compute,
                          run.home)
+        check_disk(prep, cfg)                                                       # a warning when short
         lut = run.stage("cost", cost_table, prep, cfg.cost)                       # alone on the host
         for budget in run.budgets:                                                   # unreachable: stop now
             check_budget(lut, budget)

@@ -56,14 +56,16 @@ def task_runner(cfg: OrchestrationConfig):
 
 @contextlib.contextmanager
 def shared_api(cfg: OrchestrationConfig) -> Iterator[None]:
-    """One temporary Prefect server for the flow and the local Dask workers it starts (see above)."""
-    if cfg.runner == "serial" or os.environ.get("PREFECT_API_URL"):
+    """One temporary Prefect server for the flow and the local Dask workers it starts (see above), serial runs
+    included: it dies with this process however it ends (`flows.server`)."""
+    if os.environ.get("PREFECT_API_URL"):
         yield
         return
-    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    server = SubprocessASGIServer()
+    from flows.server import owned_server
+
+    server = owned_server()
     server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
     os.environ["PREFECT_API_URL"] = server.api_url  # inherited by the worker processes the cluster spawns
     try:

@@ -50,6 +50,9 @@ class Run:
         self.models: list[dict[str, Any]] = []
         self.tracker.start(f"{config.method}-{config.preset}-{'+'.join(budget_name(b) for b in self.budgets)}",
                            config.model_dump(mode="json"))
+        if self.tracker.resumed:
+            self.log.info("resuming after a run that died: MLflow run(s) %s marked KILLED",
+                          ", ".join(self.tracker.resumed))
 
     def stage(self, name: str, fn: Callable[..., Any], *args: Any, wall: dict[str, float] | None = None) -> Any:
         """Run one stage, time it, and log its record(s) to the tracker under `name`."""

@@ -8,6 +8,8 @@ from unast_core.config import CostConfig
 from unast_core.records import CostTable, Prepared
 from unast_core.search.cost import architecture_params, build_lut
 from unast_core.search.latency import MEASUREMENT, measure_ratios, resolve_device
+from unast_core.integrity import intact
+from unast_core.locks import unit_lock
 from unast_core.store import content_key, read_json, write_json
 from unast_core.train.precision import deployed
 
@@ -24,13 +26,15 @@ def cost_table(prep: Prepared, cfg: CostConfig) -> CostTable:
     device = resolve_device(cfg.device)
     path = prep.store().lut(device, content_key(prep.pool, cfg.model_dump(), torch.get_num_threads(), MEASUREMENT,
                                                 *prep.deploy_key()))
-    if path.exists():
-        return _record(path, read_json(path), True)
-    with timing(), deployed(prep.deploy_dtype, teacher_for(prep.teacher).model) as (model,), on_device(device, model):
-        lut = build_lut(model, prep.pool, cfg.regime, cfg.warmup, cfg.repeats, cfg.calibration_samples)
-    lut["dtype"] = prep.deploy_dtype
-    write_json(path, lut)
-    return _record(path, lut, False)
+    with unit_lock(path):
+        if intact(path):
+            return _record(path, read_json(path), True)
+        with timing(), deployed(prep.deploy_dtype, teacher_for(prep.teacher).model) as (model,), \
+                on_device(device, model):
+            lut = build_lut(model, prep.pool, cfg.regime, cfg.warmup, cfg.repeats, cfg.calibration_samples)
+        lut["dtype"] = prep.deploy_dtype
+        write_json(path, lut)
+        return _record(path, lut, False)
 
 
 @task(name="measure-architectures", tags=["unast-timing"])
@@ -40,10 +44,12 @@ def measure_architectures(prep: Prepared, layer_sets: list[list[dict]], cfg: Cos
     device = resolve_device(cfg.device)
     key = content_key(layer_sets, cfg.model_dump(), MEASUREMENT, *prep.deploy_key())
     path = prep.store().path("measured", f"{device}-{key}.json")
-    if path.exists():
-        return read_json(path)
-    with timing(), deployed(prep.deploy_dtype, teacher_for(prep.teacher).model) as (model,), on_device(device, model):
-        ratios = {"latency": measure_ratios(model, layer_sets, cfg.regime, cfg.warmup, cfg.repeats),
-                  "params": [architecture_params(model, layers) / prep.teacher_params for layers in layer_sets]}
-    write_json(path, ratios)
-    return ratios
+    with unit_lock(path):
+        if intact(path):
+            return read_json(path)
+        with timing(), deployed(prep.deploy_dtype, teacher_for(prep.teacher).model) as (model,), \
+                on_device(device, model):
+            ratios = {"latency": measure_ratios(model, layer_sets, cfg.regime, cfg.warmup, cfg.repeats),
+                      "params": [architecture_params(model, layers) / prep.teacher_params for layers in layer_sets]}
+        write_json(path, ratios)
+        return ratios

@@ -11,10 +11,15 @@ from unast_core.config import CostConfig, EvalConfig
 from unast_core.model.assemble import build_student
 from unast_core.records import Evaluation, Exported, Prepared, Trained
 from unast_core.report.card import model_card
+from unast_core.integrity import recorded_sha256, tree_intact
+from unast_core.locks import unit_lock
 from unast_core.report.export import export_checkpoint
+from unast_core.store import read_json, write_json, write_text
 from unast_core.search.latency import latency_vs_teacher, resolve_device, student_latency
 from unast_core.train.losses import compare_to_teacher
 from unast_core.train.precision import DTYPES, deployed
+
+EXPORT_SOURCE = ".export-source.json"  # which trained weights a stored checkpoint was made from
 
 
 @task(name="evaluate", tags=["unast-timing"])
@@ -55,16 +60,28 @@ def evaluate(prep: Prepared, trained: Trained, cfg: EvalConfig, cost_cfg: CostCo
 
 @task(name="export")
 def export(prep: Prepared, trained: Trained, results: dict, out_dir: str, generate_tokens: int) -> Exported:
-    """Stage 8b: HF checkpoint (auto_map + modeling code), tokenizer, model card, results.json."""
-    teacher = teacher_for(prep.teacher)
-    student = build_student(teacher.model, trained.layers)
-    load_model(student, trained.weights)
-    sample = ""
-    if generate_tokens:
-        prompt = teacher.tokenizer("The Python language", return_tensors="pt").input_ids
-        ids = student.generate(prompt, max_new_tokens=generate_tokens, do_sample=False)
-        sample = teacher.tokenizer.decode(ids[0], skip_special_tokens=True)
-    student.to(DTYPES[prep.deploy_dtype])  # saved as deployed (bf16 halves the checkpoint)
-    export_checkpoint(student, teacher.tokenizer, Path(out_dir), model_card({**results, "sample": sample}),
-                      {**results, "sample": sample})
-    return Exported(dir=out_dir, sample=sample)
+    """Stage 8b: HF checkpoint (auto_map + modeling code), tokenizer, model card, results.json. A checkpoint
+    already in `out_dir`, intact and made from the same trained weights, is reused (its card and results are
+    rewritten)."""
+    with unit_lock(out_dir):
+        stamp = Path(out_dir) / EXPORT_SOURCE
+        source = {"weights": trained.weights, "sha256": recorded_sha256(Path(trained.weights)),
+                  "generate_tokens": generate_tokens, "dtype": prep.deploy_dtype}
+        if stamp.exists() and tree_intact(out_dir) and read_json(stamp) == source:  # a corrupt file: warned, redone
+            sample = read_json(Path(out_dir) / "results.json").get("sample", "")
+            write_text(Path(out_dir) / "README.md", model_card({**results, "sample": sample}))
+            write_json(Path(out_dir) / "results.json", {**results, "sample": sample})
+            return Exported(dir=out_dir, sample=sample, reused=True)
+        teacher = teacher_for(prep.teacher)
+        student = build_student(teacher.model, trained.layers)
+        load_model(student, trained.weights)
+        sample = ""
+        if generate_tokens:
+            prompt = teacher.tokenizer("The Python language", return_tensors="pt").input_ids
+            ids = student.generate(prompt, max_new_tokens=generate_tokens, do_sample=False)
+            sample = teacher.tokenizer.decode(ids[0], skip_special_tokens=True)
+        student.to(DTYPES[prep.deploy_dtype])  # saved as deployed (bf16 halves the checkpoint)
+        export_checkpoint(student, teacher.tokenizer, Path(out_dir), model_card({**results, "sample": sample}),
+                          {**results, "sample": sample})
+        write_json(stamp, source)
+        return Exported(dir=out_dir, sample=sample)

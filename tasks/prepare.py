@@ -12,6 +12,8 @@ from unast_core.model.modeling_unast import teacher_dims
 from unast_core.model.operators import resolve_pool
 from unast_core.records import Prepared
 from unast_core.search.latency import resolve_device
+from unast_core.integrity import intact
+from unast_core.locks import unit_lock
 from unast_core.store import RunStore, read_tensors, write_tensors
 from unast_core.train.precision import resolve_dtype
 
@@ -34,10 +36,11 @@ def prepare(teacher_cfg: TeacherConfig, data_cfg: DataConfig, cost_cfg: CostConf
                             data_cfg.seed, dtype) if n_generated else None
     data_key = data_fingerprint(data_cfg, teacher.tokenizer.name_or_path or teacher.source, gen_key)
     path = store.path("data", f"{data_key}.safetensors")
-    reused = path.exists()
-    if not reused:
-        generated = teacher_samples(teacher, store, gen_key, n_generated, data_cfg, dtype) if n_generated else None
-        write_tensors(path, build_splits(teacher.tokenizer, data_cfg, generated))
+    with unit_lock(path):
+        reused = intact(path)
+        if not reused:
+            generated = teacher_samples(teacher, store, gen_key, n_generated, data_cfg, dtype) if n_generated else None
+            write_tensors(path, build_splits(teacher.tokenizer, data_cfg, generated))
     return Prepared(teacher=teacher_cfg, source=teacher.source, fingerprint=teacher.fingerprint,
                     model_type=teacher.model.config.model_type, sublayers=[s.name for s in adapter.sublayers],
                     pool=resolve_pool(pool_cfg, teacher.model.config), dims=teacher_dims(teacher.model.config),
@@ -49,11 +52,12 @@ def prepare(teacher_cfg: TeacherConfig, data_cfg: DataConfig, cost_cfg: CostConf
 def teacher_samples(teacher, store: RunStore, key: str, rows: int, cfg: DataConfig, dtype: str) -> torch.Tensor:
     """The teacher's sampled rows under `key` in the run store (sampled once, then read back)."""
     path = store.path("generated", f"{key}.safetensors")
-    if not path.exists():
-        bar = progress(-(-rows // 64), "sample teacher text")
-        with computing():
-            tokens = sample_rows(teacher.model, teacher.tokenizer, rows, cfg.seq_len, cfg.generate_temperature,
-                                 cfg.generate_top_p, cfg.seed, dtype, on_batch=lambda done, total: bar.update(1))
-        bar.close()
-        write_tensors(path, {"ids": tokens})
-    return read_tensors(path)["ids"]
+    with unit_lock(path):
+        if not intact(path):
+            bar = progress(-(-rows // 64), "sample teacher text")
+            with computing():
+                tokens = sample_rows(teacher.model, teacher.tokenizer, rows, cfg.seq_len, cfg.generate_temperature,
+                                     cfg.generate_top_p, cfg.seed, dtype, on_batch=lambda done, total: bar.update(1))
+            bar.close()
+            write_tensors(path, {"ids": tokens})
+        return read_tensors(path)["ids"]

@@ -14,6 +14,7 @@ from unast_core.records import Choice, CostTable, Distilled, DistillReport, Eval
 from unast_core.report.card import distill_summary, student_results
 from unast_core.report.figures import architecture_chart, cost_score_scatter, scatter_points, sublayer_error_chart
 from unast_core.report.findings import sensitivity_chart
+from unast_core import faults
 from unast_core.store import atomic_path, check_output_dir, copy_tree, read_json, write_json
 
 
@@ -61,6 +62,7 @@ def export_model(prep: Prepared, config: RunConfig, budget: dict[str, float], ch
                               run_info)
     final_dir = Path(prep.run_dir) / "final" / choice.stem
     results["sample"] = export.fn(prep, final, results, str(final_dir), config.evaluate.generate_tokens).sample
+    faults.point("export")
     copy_tree(final_dir, Path(out_dir))
     for path in figures.values():
         with atomic_path(Path(out_dir) / "figures" / Path(path).name) as tmp:

@@ -7,6 +7,9 @@ from unast_core.config import ScoreConfig
 from unast_core.model.ops import OpSpec
 from unast_core.records import Prepared, Scored, ScoreTable, States
 from unast_core.search.scoring import score_sublayer
+from unast_core import faults
+from unast_core.integrity import intact
+from unast_core.locks import unit_lock
 from unast_core.store import atomic_path, content_key, read_json, write_json
 
 
@@ -17,16 +20,19 @@ def score(prep: Prepared, states: States, index: int, weights: list, cfg: ScoreC
     key = content_key(prep.data_key, prep.pool, weights, cfg.model_dump(), index,
                       *prep.compute_key())
     path = prep.store().path("scores", key[:2], f"{key}.json")
-    reused = path.exists()
-    if not reused:
-        with computing():
-            result = score_sublayer(teacher_for(prep.teacher).model, splits(prep)["validation"][:cfg.seqs], states.dir,
-                                    index, prep.pool, states.mean_loss(cfg.seqs), cfg.batch_size, weights,
-                                    metric=cfg.metric, dtype=prep.compute_dtype)
-        write_json(path, {**result, "index": index, "name": prep.sublayers[index], "pool": prep.pool})
-    result = read_json(path)
-    return Scored(index=index, name=prep.sublayers[index], path=str(path), scores=result["scores"],
-                  losses=result["losses"], errors=result["errors"], reused=reused)
+    with unit_lock(path):
+        reused = intact(path)
+        if not reused:
+            with computing():
+                tokens = splits(prep)["validation"][:cfg.seqs]
+                result = score_sublayer(teacher_for(prep.teacher).model, tokens, states.dir, index, prep.pool,
+                                        states.mean_loss(cfg.seqs), cfg.batch_size, weights, metric=cfg.metric,
+                                        dtype=prep.compute_dtype)
+            write_json(path, {**result, "index": index, "name": prep.sublayers[index], "pool": prep.pool})
+            faults.point("score")
+        result = read_json(path)
+        return Scored(index=index, name=prep.sublayers[index], path=str(path), scores=result["scores"],
+                      losses=result["losses"], errors=result["errors"], reused=reused)
 
 
 @task(name="score-table")

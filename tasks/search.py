@@ -5,6 +5,9 @@ from prefect import task
 from unast_core.config import SearchConfig
 from unast_core.records import Architecture, CostTable, Prepared, Searched, ScoreTable
 from unast_core.search.plan import check_reachable, plan
+from unast_core import faults
+from unast_core.integrity import intact
+from unast_core.locks import unit_lock
 from unast_core.store import content_key, read_json, write_json
 
 
@@ -13,10 +16,12 @@ def search(prep: Prepared, scores: ScoreTable, lut: CostTable, budget: dict[str,
     """Stage 5: K diverse architectures for one budget (Eq. 3-4); InfeasibleBudget when the pool cannot
     reach it."""
     path = prep.store().search(content_key(scores.path, lut.path, budget, cfg.model_dump(exclude={"latency_tolerance"})))
-    reused = path.exists()
-    if not reused:
-        table = read_json(scores.path)
-        write_json(path, plan(table["scores"], read_json(lut.path), budget, cfg, table.get("weights")))
+    with unit_lock(path):
+        reused = intact(path)
+        if not reused:
+            table = read_json(scores.path)
+            write_json(path, plan(table["scores"], read_json(lut.path), budget, cfg, table.get("weights")))
+            faults.point("search")
     result = read_json(path)
     return Searched(path=str(path), budget=budget, reused=reused,
                     architectures=[Architecture(**a) for a in result["architectures"]])

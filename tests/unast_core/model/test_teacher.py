@@ -77,7 +77,7 @@ def test_atomic_writes_leave_nothing_on_failure(tmp_path):
             (tmp / "f").write_text("partial")
             raise RuntimeError("crash")
     assert not (tmp_path / "d").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".x.json.sum", "x.json"]  # the file and its checksum
 
 
 def test_output_dir_guard(tmp_path):
