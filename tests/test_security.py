@@ -319,10 +319,11 @@ def _starts_mlflow(tree: ast.AST) -> list[int]:
     return lines
 
 
-def test_mlflow_is_a_local_file_and_never_a_server(monkeypatch, tmp_path):
+def test_mlflow_is_a_local_file_unless_a_server_is_named_and_unast_starts_none(monkeypatch, tmp_path):
     from tasks import tracking
 
     uris = []
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(tracking, "MlflowClient", lambda uri: uris.append(uri) or _NoExperiment())
     tracking.Tracker(tmp_path / "home")
     assert urlparse(uris[0]).scheme == "sqlite" and uris[0].endswith(str(tmp_path / "home" / "mlflow.db"))
@@ -341,11 +342,11 @@ class _NoExperiment:
 
 
 def test_a_served_deployment_starts_no_webserver():
-    """`deployments/deploy.py` serves the flow without the runner's webserver (which would bind to Prefect's
-    runner host, loopback by default)."""
+    """`unast serve` (flows/service.py; `deployments/deploy.py` calls it) serves the flow without the runner's
+    webserver (which would bind to Prefect's runner host, loopback by default)."""
     from prefect.settings import get_current_settings
 
-    serve_calls = [node for path in sorted((ROOT / "deployments").rglob("*.py"))
+    serve_calls = [node for path in [*sorted((ROOT / "deployments").rglob("*.py")), ROOT / "flows" / "service.py"]
                    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
                    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "serve"]
     assert serve_calls
