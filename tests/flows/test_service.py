@@ -95,3 +95,14 @@ def test_the_readme_service_block_uses_only_commands_the_e2e_test_maps():
     assert heads <= {"prefect", "mlflow", "unast", "export"}
     assert any(line.startswith("unast deploy") and "--cron" in line for line in readme_commands())
     assert Path(__file__).with_name("test_service_e2e.py").exists()
+
+
+def test_the_flow_survives_the_cloudpickle_a_served_run_starts_with():
+    """`flow.serve` starts each run in a subprocess from a cloudpickled flow; a lock held at module level (the
+    old teacher lock) made every served run crash with "cannot pickle '_thread.RLock' object"."""
+    import cloudpickle
+
+    from flows.compress import compress
+
+    for flow in (compress, compress.with_options(task_runner=runners.task_runner(OrchestrationConfig()))):
+        assert cloudpickle.loads(cloudpickle.dumps(flow)).name == "unast-compress"
