@@ -145,6 +145,10 @@ def _run(args: argparse.Namespace) -> int:
             check_source(source, config.data.text_field, setting)
     check_teacher_spec(config.teacher.model, config.teacher.trust_remote_code, config.teacher.allow_pickle)
     check_home(config.home)
+    from tasks.tracking import check_server, is_server, tracking_uri
+
+    if is_server(tracking_uri(config.home, config.tracking.uri)):
+        check_server(tracking_uri(config.home, config.tracking.uri))
     logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)  # noisy on ephemeral-server shutdown
     from flows.compress import compress
     from flows.runners import shared_api, task_runner

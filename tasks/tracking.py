@@ -51,12 +51,32 @@ def without_credentials(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
+def check_server(uri: str, timeout: float = 10) -> None:
+    """A tracking server that does not answer stops the run at once (MLflow's client would retry for minutes)."""
+    import urllib.error
+    import urllib.request
+
+    from unast_core.errors import UnastError
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:  # it answers (perhaps behind a proxy without /health): good enough
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UnastError(f"the MLflow tracking server at {without_credentials(uri)} does not answer ({reason}); "
+                         "start it, or unset MLFLOW_TRACKING_URI / tracking.uri to track to the run store") from None
+
+
 class Tracker:
     def __init__(self, home: Path, uri: str | None = None):
         home = Path(home).resolve()
         home.mkdir(parents=True, exist_ok=True)
         client_uri = tracking_uri(home, uri)
         self.uri = without_credentials(client_uri)
+        if is_server(client_uri):
+            check_server(client_uri)
         self.client = MlflowClient(client_uri)  # creates/migrates a local database once, before any fan-out
         experiment = self.client.get_experiment_by_name(EXPERIMENT)
         # a server keeps artifacts in its own store; a local database next to it in the run store

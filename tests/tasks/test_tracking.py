@@ -51,3 +51,16 @@ def test_the_parent_run_carries_the_given_tags_and_a_local_database_has_no_ui_li
     assert tracker.run_url() is None
     tracker.uri = "http://127.0.0.1:5000/"  # as on a server: the run's page in the MLflow UI
     assert tracker.run_url() == f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs/{parent}"
+
+
+def test_a_tracking_server_that_does_not_answer_stops_the_run_in_seconds(tmp_path):
+    import time
+
+    from tests.flows.servers import free_port
+    from unast_core.errors import UnastError
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(UnastError, match=f"tracking server at {uri} does not answer"):
+        Tracker(tmp_path, uri)
+    assert time.monotonic() - started < 10
