@@ -92,7 +92,8 @@ def service(tmp_path_factory):
             else:
                 done = subprocess.run(_argv(words), env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
                 assert done.returncode == 0, f"{line}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-                (base / "deploy.out").write_text(done.stdout) if words[0] == "unast" else None
+                if words[0] == "unast":
+                    (base / "deploy.out").write_text(done.stdout)
             ran.append(line)
         setup_s = time.monotonic() - started
         api = f"http://127.0.0.1:{ports['prefect']}/api"
