@@ -1,4 +1,5 @@
-"""The `unast` command. `unast run` drives the Prefect flow on the local ephemeral server."""
+"""The `unast` command. `unast run` drives the Prefect flow on the local ephemeral server; `unast deploy` and
+`unast serve` register it with a Prefect server (flows/service.py)."""
 
 from __future__ import annotations
 
@@ -56,24 +57,48 @@ class _Parser(argparse.ArgumentParser):
         raise UnastError(f"{message}; see `{self.prog} --help`")
 
 
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The run config's options, shared by `run`, `deploy` and `serve`."""
+    parser.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
+    parser.add_argument("--model", help="teacher: alias (smollm2-135m), HF directory, .gguf file or hub id")
+    parser.add_argument("--budget", action="append", default=[],
+                        help="e.g. latency=0.75; latency=0.8,0.6,0.5 builds one model per value "
+                        "into DIR/latency-0.8/ ...; repeat the flag for several constraints at once")
+    parser.add_argument("--method", help="unast (default) or a baseline: unast-depth, shortgpt, shortened-llama, uniform, "
+                        "random-init")
+    parser.add_argument("--output", help="directory for the exported checkpoint and results.json")
+    parser.add_argument("--config", type=Path, help="YAML file of settings")
+    parser.add_argument("--home", help="run store and MLflow database (default .unast)")
+    parser.add_argument("--runner", help="serial (default), dask (a local Dask cluster; one worker per GPU on a GPU "
+                        "machine) or dask://HOST:PORT (an existing scheduler)")
+    parser.add_argument("--workers", type=int, help="dask: worker processes (default: GPUs, else 2)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. finetune.steps=10")
+
+
+def _service_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", required=True, help="deployment name: the flow runs as unast-compress/NAME")
+    parser.add_argument("--cron", help="schedule, e.g. '0 2 * * *' (every night at 02:00)")
+    parser.add_argument("--interval", type=float, help="schedule: every this many seconds")
+    parser.add_argument("--timezone", help="of the schedule (default UTC)")
+    parser.add_argument("--tag", action="append", default=[], help="deployment tag (repeatable; 'unast' is always set)")
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _Parser(prog="unast", description="Compress a causal LM by per-layer architecture search.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole pipeline and export the student")
-    run.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
-    run.add_argument("--model", help="teacher: alias (smollm2-135m), HF directory, .gguf file or hub id")
-    run.add_argument("--budget", action="append", default=[],
-                     help="e.g. latency=0.75; latency=0.8,0.6,0.5 builds one model per value "
-                     "into DIR/latency-0.8/ ...; repeat the flag for several constraints at once")
-    run.add_argument("--method", help="unast (default) or a baseline: unast-depth, shortgpt, shortened-llama, uniform, "
-                     "random-init")
-    run.add_argument("--output", help="directory for the exported checkpoint and results.json")
-    run.add_argument("--config", type=Path, help="YAML file of settings")
-    run.add_argument("--home", help="run store and MLflow database (default .unast)")
-    run.add_argument("--runner", help="serial (default), dask (a local Dask cluster; one worker per GPU on a GPU "
-                     "machine) or dask://HOST:PORT (an existing scheduler)")
-    run.add_argument("--workers", type=int, help="dask: worker processes (default: GPUs, else 2)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. finetune.steps=10")
+    _config_arguments(run)
+    deploy = sub.add_parser("deploy", help="register a deployment on the Prefect server at PREFECT_API_URL, run by "
+                            "the workers of a work pool (see README: running it as a service)")
+    _config_arguments(deploy)
+    _service_arguments(deploy)
+    deploy.add_argument("--pool", default="unast", help="work pool (created if missing; default: unast)")
+    deploy.add_argument("--pool-type", default="process", help="type of a pool created here (default: process)")
+    deploy.add_argument("--compute-limit", type=int, help="concurrent unast-compute tasks on the server, set when "
+                        "no limit exists (default: 1 for the serial runner, else one per Dask worker)")
+    serve = sub.add_parser("serve", help="serve the flow from this process (flow.serve: no work pool)")
+    _config_arguments(serve)
+    _service_arguments(serve)
     report = sub.add_parser("report", help="print the results of an exported run")
     report.add_argument("dir", type=Path)
     from flows.store_cli import add_parser as add_store
@@ -123,6 +148,10 @@ def _run(args: argparse.Namespace) -> int:
             check_source(source, config.data.text_field, setting)
     check_teacher_spec(config.teacher.model, config.teacher.trust_remote_code, config.teacher.allow_pickle)
     check_home(config.home)
+    from tasks.tracking import check_server, is_server, tracking_uri
+
+    if is_server(tracking_uri(config.home, config.tracking.uri)):
+        check_server(tracking_uri(config.home, config.tracking.uri))
     logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)  # noisy on ephemeral-server shutdown
     from flows.compress import compress
     from flows.runners import shared_api, task_runner
@@ -134,6 +163,20 @@ def _run(args: argparse.Namespace) -> int:
         results = compress.with_options(task_runner=task_runner(config.orchestration))(config)
     for one in results.get("family", [results]):
         print("\n" + console_summary(one))
+    return 0
+
+
+def _service(args: argparse.Namespace) -> int:
+    """`unast deploy` / `unast serve`: the config is checked here, so bad input stops before any server call."""
+    from flows import service
+
+    config = build_config(args.preset, args.config, _overrides(args))
+    schedule = {"cron": args.cron, "interval": args.interval, "timezone": args.timezone, "tags": args.tag}
+    if args.command == "serve":
+        service.serve(config, args.name, **schedule)
+        return 0
+    done = service.deploy(config, args.name, args.pool, args.pool_type, compute_limit=args.compute_limit, **schedule)
+    print(service.summary(done))
     return 0
 
 
@@ -160,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             from flows.store_cli import run as store
 
             return store(args)
-        return _run(args) if args.command == "run" else _report(args)
+        handler = {"run": _run, "deploy": _service, "serve": _service, "report": _report}[args.command]
+        return handler(args)
     except UnastError as exc:
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # always one line
         print(f"unast: error: {message}", file=sys.stderr)

@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.runners import configured_runner
 from flows.stages import Run, capture, distill_all, export, finetune, score_all, select
 from tasks.choose import pick, shortlist
 from tasks.cost import cost_table
@@ -26,6 +27,12 @@ from unast_core.config import RunConfig, budget_name
 
 @flow(name="unast-compress", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
 def compress(config: RunConfig) -> dict[str, Any]:
+    """Compress the teacher under the budget(s) of `config` and export the student(s)."""
+    with configured_runner(config.orchestration):  # a deployment's run fans out on the runner it names
+        return pipeline(config)
+
+
+def pipeline(config: RunConfig) -> dict[str, Any]:
     run, cfg = Run(config), config
     try:
         check_outputs(cfg)

@@ -80,3 +80,18 @@ def shared_api(cfg: OrchestrationConfig) -> Iterator[None]:
         EventsWorker.drain_all(timeout=10)
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+@contextlib.contextmanager
+def configured_runner(cfg: OrchestrationConfig) -> Iterator[None]:
+    """Inside a flow run: fan out on the runner `cfg` names. `unast run` starts the flow with that runner
+    already; a deployment's run starts on the flow's default (serial) one, so the configured runner is
+    started here and used by this flow run's fan-out stages."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if cfg.runner == "serial" or context is None or not isinstance(context.task_runner, ThreadPoolTaskRunner):
+        yield
+        return
+    with task_runner(cfg) as runner, context.model_copy(update={"task_runner": runner}):
+        yield

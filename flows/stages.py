@@ -8,13 +8,16 @@ that host shares it while they time.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from prefect import get_run_logger, unmapped
 
+from flows.artifacts import prefect_tags, publish_family, publish_link, publish_results
 from tasks.capture import capture_states
 from tasks.common import peak_rss_mb, progress, reset_peak_rss
 from tasks.distill import distill_candidate
@@ -43,13 +46,14 @@ class Run:
     def __init__(self, config: RunConfig):
         self.config, self.log = config, get_run_logger()
         self.home = str(Path(config.home).resolve())
-        self.tracker = Tracker(Path(self.home))
+        self.tracker = Tracker(Path(self.home), config.tracking.uri)
         self.budgets = config.budgets()
         self.wall: dict[str, float] = {}
         self.rss: dict[str, float | None] = {}  # peak RSS of this process during each stage, MB
         self.models: list[dict[str, Any]] = []
         self.tracker.start(f"{config.method}-{config.preset}-{'+'.join(budget_name(b) for b in self.budgets)}",
-                           config.model_dump(mode="json"))
+                           config.model_dump(mode="json"), tags=prefect_tags())
+        publish_link(self.tracker)
         if self.tracker.resumed:
             self.log.info("resuming after a run that died: MLflow run(s) %s marked KILLED",
                           ", ".join(self.tracker.resumed))
@@ -75,6 +79,8 @@ class Run:
 
     def finish(self) -> dict[str, Any]:
         self.tracker.finish({"models": len(self.models), "wall_s": self.wall})
+        if len(self.models) > 1:
+            publish_family(self.models)
         best = self.models[0]
         return best if len(self.models) == 1 else {**best, "family": self.models}
 
@@ -152,15 +158,32 @@ def finetune(prep: Prepared, choice: Choice, config: RunConfig) -> Trained:
     return final.require_ok("the final finetune")
 
 
+@contextlib.contextmanager
+def output_lock(out_dir: str) -> Iterator[None]:
+    """Exclusive while a run swaps in and logs one output directory: two runs of a deployment that overlap
+    (a schedule firing during a long run) would otherwise interleave the swap of the checkpoint directory with
+    the other's results.json. A lock file beside the directory (flock, this host)."""
+    path = Path(out_dir).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def export(run: Run, prep: Prepared, budget: dict[str, float], choice: Choice, final: Trained, measured: Evaluation,
            distilled: DistillReport | None, figures: dict[str, str], scores: ScoreTable | None,
            wall: dict[str, float]) -> dict[str, Any]:
     """Stage 8b: one model's checkpoint, figures and results.json in its output directory."""
     info = {"mlflow": {"tracking_uri": run.tracker.uri, "run_id": run.tracker.parent_id, "experiment": "unast"},
             "wall_s": wall, "peak_rss_mb": dict(run.rss)}
-    results = export_model(prep, run.config, budget, choice, final, measured, distilled, figures,
-                           scores.path if scores else None, run.out_dir(budget), info)
-    run.tracker.stage(f"{budget_name(budget)}/export",
-                      dicts={"results.json": results}, dirs={"model": run.out_dir(budget)})
+    with output_lock(run.out_dir(budget)):  # overlapping runs with one output write it one after the other
+        results = export_model(prep, run.config, budget, choice, final, measured, distilled, figures,
+                               scores.path if scores else None, run.out_dir(budget), info)
+        run.tracker.stage(f"{budget_name(budget)}/export",
+                          dicts={"results.json": results}, dirs={"model": run.out_dir(budget)})
     run.models.append(results)
+    publish_results(results, budget_name(budget) if len(run.budgets) > 1 else "")
     return results

@@ -1,6 +1,9 @@
 """The one MLflow adapter: a parent run per flow run, one nested run per stage.
 
 Uses the client API with explicit run ids (no global active-run stack), so it is safe from task threads.
+Where runs go: the `tracking.uri` setting, else MLFLOW_TRACKING_URI, else `sqlite:///<home>/mlflow.db`. On an
+http(s) tracking server the artifacts go to the server's artifact store; credentials come from MLflow's own
+variables (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME / _PASSWORD), never from a logged value.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -32,19 +36,65 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def tracking_uri(home: Path, uri: str | None = None) -> str:
+    """`uri` (the tracking.uri setting), else MLFLOW_TRACKING_URI, else the run store's sqlite database."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(home).resolve() / 'mlflow.db'}"
+
+
+def is_server(uri: str) -> bool:
+    return urlsplit(uri).scheme in ("http", "https")
+
+
+def without_credentials(uri: str) -> str:
+    """`uri` as it may be shown, logged and written to results.json: any user:password@ part removed."""
+    parts = urlsplit(uri)
+    if not parts.netloc or "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def check_server(uri: str, timeout: float = 10) -> None:
+    """A tracking server that does not answer stops the run at once (MLflow's client would retry for minutes)."""
+    import urllib.error
+    import urllib.request
+
+    from unast_core.errors import UnastError
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:  # it answers (perhaps behind a proxy without /health): good enough
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UnastError(f"the MLflow tracking server at {without_credentials(uri)} does not answer ({reason}); "
+                         "start it, or unset MLFLOW_TRACKING_URI / tracking.uri to track to the run store") from None
+
+
 class Tracker:
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, uri: str | None = None):
         home = Path(home).resolve()
         home.mkdir(parents=True, exist_ok=True)
-        self.uri = f"sqlite:///{home / 'mlflow.db'}"
-        self.client = MlflowClient(self.uri)  # creates/migrates the database once, before any fan-out
+        client_uri = tracking_uri(home, uri)
+        self.uri = without_credentials(client_uri)
+        if is_server(client_uri):
+            check_server(client_uri)
+        self.client = MlflowClient(client_uri)  # creates/migrates a local database once, before any fan-out
         experiment = self.client.get_experiment_by_name(EXPERIMENT)
+        # a server keeps artifacts in its own store; a local database next to it in the run store
+        location = None if is_server(client_uri) else (home / "mlartifacts").as_uri()
         self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
-            EXPERIMENT, artifact_location=(home / "mlartifacts").as_uri())
+            EXPERIMENT, artifact_location=location)
         self.parent_id: str | None = None
 
-    def start(self, run_name: str, config: dict[str, Any]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=owner_tags(config))
+    def run_url(self, run_id: str | None = None) -> str | None:
+        """The MLflow UI page of a run (the parent run by default) on a tracking server; None for a local database."""
+        if not is_server(self.uri):
+            return None
+        return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id or self.parent_id}"
+
+    def start(self, run_name: str, config: dict[str, Any], tags: dict[str, str] | None = None) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**owner_tags(config), **(tags or {})})
         self.parent_id = run.info.run_id
         self.log_params(self.parent_id, config)
         self.resumed = mark_killed(self.client, self.experiment_id, self.parent_id, config)  # crashed runs

@@ -177,11 +177,13 @@ def test_a_teachers_remote_code_does_not_run_by_default(tmp_path, modules_cache,
 
     path, marker = _teacher_with_remote_code(tmp_path, model_type)
     cfg = TeacherConfig(model=str(path))
-    check_teacher_spec(cfg.model, cfg.trust_remote_code, cfg.allow_pickle)
     if model_type == "llama":
+        check_teacher_spec(cfg.model, cfg.trust_remote_code, cfg.allow_pickle)
         teacher = load_teacher(cfg.model, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
         assert type(teacher.model).__module__.startswith("transformers.models.llama")
-    else:
+    else:  # refused before the run starts (its config needs the remote code), and again if loaded directly
+        with pytest.raises(UnastError, match="config.json cannot be read"):
+            check_teacher_spec(cfg.model, cfg.trust_remote_code, cfg.allow_pickle)
         with pytest.raises(UnastError, match="cannot load a causal LM"):
             load_teacher(cfg.model, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     assert not marker.exists()
@@ -319,10 +321,11 @@ def _starts_mlflow(tree: ast.AST) -> list[int]:
     return lines
 
 
-def test_mlflow_is_a_local_file_and_never_a_server(monkeypatch, tmp_path):
+def test_mlflow_is_a_local_file_unless_a_server_is_named_and_unast_starts_none(monkeypatch, tmp_path):
     from tasks import tracking
 
     uris = []
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(tracking, "MlflowClient", lambda uri: uris.append(uri) or _NoExperiment())
     tracking.Tracker(tmp_path / "home")
     assert urlparse(uris[0]).scheme == "sqlite" and uris[0].endswith(str(tmp_path / "home" / "mlflow.db"))
@@ -341,11 +344,11 @@ class _NoExperiment:
 
 
 def test_a_served_deployment_starts_no_webserver():
-    """`deployments/deploy.py` serves the flow without the runner's webserver (which would bind to Prefect's
-    runner host, loopback by default)."""
+    """`unast serve` (flows/service.py; `deployments/deploy.py` calls it) serves the flow without the runner's
+    webserver (which would bind to Prefect's runner host, loopback by default)."""
     from prefect.settings import get_current_settings
 
-    serve_calls = [node for path in sorted((ROOT / "deployments").rglob("*.py"))
+    serve_calls = [node for path in [*sorted((ROOT / "deployments").rglob("*.py")), ROOT / "flows" / "service.py"]
                    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
                    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "serve"]
     assert serve_calls

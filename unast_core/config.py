@@ -234,6 +234,23 @@ class OrchestrationConfig(_Strict):
         raise ValueError(f"unknown runner {runner!r}; use serial, dask or dask://HOST:PORT")
 
 
+class TrackingConfig(_Strict):
+    """Where MLflow runs go (see tasks/tracking.py)."""
+
+    uri: str | None = Field(None, description="MLflow tracking URI, e.g. http://127.0.0.1:5000; None: "
+                            "MLFLOW_TRACKING_URI if set, else sqlite:///<home>/mlflow.db")
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, uri: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if uri is not None and "@" in urlsplit(uri).netloc:
+            raise ValueError("the tracking URI must not carry credentials (they would be logged with the run); "
+                             "set MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD")
+        return uri
+
+
 METHODS = ("unast", "unast-depth", "shortgpt", "shortened-llama", "uniform", "random-init")
 
 
@@ -273,6 +290,7 @@ class RunConfig(_Strict):
     evaluate: EvalConfig = EvalConfig()
     compute: ComputeConfig = ComputeConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+    tracking: TrackingConfig = TrackingConfig()
     budget: dict[str, float | list[float]] = Field(
         default_factory=lambda: {"latency": 0.75},
         description="fraction of the teacher's cost, e.g. {'latency': 0.75}; a list gives one model per value "

@@ -101,6 +101,10 @@ CASES = [
         t, "noise.txt", b"\xff" + random.Random(0).randbytes(4096))], "is not UTF-8 text"),
     ("heldout-missing", lambda t: ["--preset", "smoke", "--set", f"data.heldout={t / 'news.txt'}"],
      "does not exist; check data.heldout"),
+    ("tracking-uri-with-password", lambda t: ["--set", "tracking.uri=http://me:pw@127.0.0.1:5000"],
+     "must not carry credentials"),
+    ("tracking-server-down", lambda t: ["--preset", "smoke", "--set", "tracking.uri=http://127.0.0.1:9"],
+     "the MLflow tracking server at http://127.0.0.1:9 does not answer"),
     # found once the teacher is loaded, inside the flow: tens of seconds each
     pytest.param("pool-mlp-too-wide", lambda t: ["--preset", "smoke", "--set", "pool.mlp=[{hidden: 1000}]"],
                  "invalid config field 'pool.mlp.0.hidden'", marks=slow),

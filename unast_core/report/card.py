@@ -131,7 +131,9 @@ def console_summary(results: dict[str, Any]) -> str:
     ]
     if results.get("mlflow"):
         m = results["mlflow"]
-        lines.append(f"mlflow          run {m['run_id']} in {m['tracking_uri']} (mlflow ui --backend-store-uri {m['tracking_uri']})")
+        where = "" if m["tracking_uri"].startswith(("http://", "https://")) else \
+            f" (mlflow ui --backend-store-uri {m['tracking_uri']})"  # a server serves its own UI
+        lines.append(f"mlflow          run {m['run_id']} in {m['tracking_uri']}{where}")
     lines.append("wall time       " + ", ".join(f"{k} {v:.1f}s" for k, v in results["wall_s"].items()))
     if any(results.get("peak_rss_mb", {}).values()):
         lines.append("peak RSS        " + ", ".join(f"{k} {v / 1024:.1f}G" for k, v in results["peak_rss_mb"].items() if v))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -69,7 +70,8 @@ def width_fraction(spec: dict[str, Any], kind: str, dims: dict[str, int]) -> flo
 def architecture_chart(layers: list[dict[str, dict[str, Any]]], dims: dict[str, int],
                        path: str | Path, title: str = "") -> str:
     """Two panels (attention, MLP): bar per block = width_fraction; teacher sublayers hatched, skips marked x."""
-    fig = Figure(figsize=(max(6.0, 0.3 * len(layers) + 2), 5), layout="constrained")
+    width = max(6.0, 0.3 * len(layers) + 2)
+    fig = Figure(figsize=(width, 5), layout="constrained")
     axes = fig.subplots(2, 1, sharex=True)
     blocks = range(len(layers))
     for ax, kind, color in zip(axes, KINDS, ("tab:blue", "tab:orange")):
@@ -80,7 +82,8 @@ def architecture_chart(layers: list[dict[str, dict[str, Any]]], dims: dict[str, 
             if spec["op"] == "teacher":
                 bar.set_hatch("//")
         skipped = [b for b, s in zip(blocks, specs) if s["op"] == "identity"]
-        ax.plot(skipped, [0.0] * len(skipped), "x", color="black", markersize=7, clip_on=False)
+        if skipped:  # an empty unclipped line has no extent, and constrained layout collapsed the axes around it
+            ax.plot(skipped, [0.0] * len(skipped), "x", color="black", markersize=7, clip_on=False)
         ax.set_ylim(0, 1.1)
         ax.set_ylabel("fraction of\nteacher width")
         ax.set_title("attention" if kind == "attn" else "MLP", fontsize=10)
@@ -90,9 +93,16 @@ def architecture_chart(layers: list[dict[str, dict[str, Any]]], dims: dict[str, 
               Patch(facecolor="white", edgecolor="black", label="replaced (downsized / linear)"),
               Line2D([], [], marker="x", color="black", linestyle="", label="skipped")]
     fig.legend(handles=legend, fontsize=8, loc="outside lower center", ncol=3)
-    if title:
-        fig.suptitle(title)
+    if title:  # wrapped to the figure's width: a wider title leaves constrained layout no room for the panels
+        fig.suptitle(fit_title(title, width, 12))
     return _save(fig, path)
+
+
+def fit_title(title: str, width_in: float, fontsize: float) -> str:
+    """`title` wrapped at spaces into lines that fit `width_in` inches at `fontsize` points (an average glyph is
+    about 0.6 em wide)."""
+    chars = max(20, int(width_in * 72 / (0.6 * fontsize)))
+    return "\n".join(textwrap.wrap(title, chars)) or title
 
 
 def cost_score_scatter(points: list[dict[str, Any]], path: str | Path, title: str = "") -> str:

@@ -24,7 +24,7 @@ def assert_png(path, expected):
     assert path == str(expected)
     data = expected.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 1000
-    assert [p.name for p in expected.parent.iterdir()] == [expected.name]  # no temp file left behind
+    assert [p.name for p in expected.parent.iterdir() if not p.name.endswith(".sum")] == [expected.name]  # no temp file left
 
 
 def test_spec_label():
@@ -73,3 +73,52 @@ def test_markdown_table():
                      "| mlp 768 | 0.1235 | 3 |\n"
                      "| skip | — | — |\n"
                      "| a\\|b | 1.235e+04 | 1e-05 |")
+
+
+def blank_rows(path) -> tuple[float, float]:
+    """(share of pixel rows that are all background, longest run of such rows / height) of a PNG."""
+    import numpy as np
+    from matplotlib.image import imread
+
+    image = imread(str(path))[..., :3]
+    blank = (image > 0.97).all(axis=(1, 2))
+    longest = run = 0
+    for row in blank:
+        run = run + 1 if row else 0
+        longest = max(longest, run)
+    return float(blank.mean()), longest / len(blank)
+
+
+def assert_not_mostly_blank(path) -> None:
+    share, band = blank_rows(path)
+    assert share < 0.5 and band < 0.15, (path, round(share, 3), round(band, 3))
+
+
+def test_the_blank_check_sees_an_empty_band(tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4, 6))
+    fig.add_axes((0.1, 0.75, 0.8, 0.2)).plot([0, 1])
+    fig.add_axes((0.1, 0.05, 0.8, 0.2)).plot([0, 1])  # half the height empty between them
+    fig.savefig(tmp_path / "gap.png")
+    with pytest.raises(AssertionError):
+        assert_not_mostly_blank(tmp_path / "gap.png")
+
+
+@pytest.mark.parametrize("skips", ["none", "attention only"])
+def test_a_30_block_architecture_with_its_long_summary_renders_without_an_empty_band(tmp_path, skips):
+    """SmolLM2's 30 blocks. A panel without a skipped sublayer left constrained layout nothing to size
+    ("constrained_layout not applied") and most of the chart's height blank; a title wider than the figure
+    (the architecture summary) must not do it either."""
+    import warnings
+
+    kept = [{"attn": TEACHER, "mlp": TEACHER}, {"attn": ATTN, "mlp": MLP}, {"attn": LINEAR, "mlp": MLP}]
+    layers = [kept[i % 3] for i in range(30)]
+    if skips == "attention only":
+        layers[4] = {"attn": SKIP, "mlp": MLP}
+    title = "unast latency-0.75: " + " ".join(["TT", "am", "Lm", "LT", "Tm"] * 6) + " (30 blocks, 60 sublayers)"
+    out = tmp_path / "arch30.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the layout warning fails the test
+        architecture_chart(layers, DIMS, out, title=title)
+    assert_not_mostly_blank(out)
