@@ -175,11 +175,12 @@ def _export(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from unast_core.evaluate.lm_eval import evaluate_dir
-    from unast_core.report.card import lm_eval_section
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     scores = evaluate_dir(args.dir, tasks, args.include, args.teacher, not args.no_teacher, args.batch_size,
                           args.limit, args.num_fewshot)
+    from unast_core.report.card import lm_eval_section
+
     print(lm_eval_section(scores))
     return 0
 

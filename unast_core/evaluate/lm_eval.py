@@ -51,6 +51,9 @@ def evaluate_dir(path: Path, tasks: list[str], include: Path | None = None, teac
                  num_fewshot: int | None = None) -> dict[str, Any]:
     """lm-eval scores of the exported student in `path` (and of its teacher), written into its results.json
     (`lm_eval`) and model card. The student runs as exported: loaded from `path`, in fp32."""
+    from unast_core.report.formats import check_student_dir
+
+    check_student_dir(path)
     from unast_core.model.teacher import load_teacher
     from unast_core.report.card import lm_eval_section, model_card
     from unast_core.report.formats import load_student_dir

@@ -11,11 +11,15 @@ from unast_core.store import write_json
 FORMATS = ("gguf", "nemotron-nas")
 
 
+def check_student_dir(path: Path) -> None:
+    if not (Path(path) / "config.json").exists():
+        raise UnastError(f"{path} is not an exported student (no config.json); point at a run's --output directory")
+
+
 def load_student_dir(path: Path) -> tuple[Any, Any, list[dict[str, dict[str, Any]]]]:
     """(the student's inner HF model in fp32, its tokenizer, its per-block choices) from an export directory."""
     path = Path(path)
-    if not (path / "config.json").exists():
-        raise UnastError(f"{path} is not an exported student (no config.json); point at a run's --output directory")
+    check_student_dir(path)
     import torch
     from transformers import PreTrainedTokenizerFast
 
