@@ -57,3 +57,13 @@ def export_dir(src: Path, fmt: str, quant: str = "f16", out: Path | None = None)
               "rewrites": [{"block": r.block, "kind": r.kind, "operator": r.operator, "how": r.how} for r in rewrites]}
     write_json(Path(f"{path}.json"), record)
     return record
+
+
+def engine_exports(out_dir: Path, cfg: Any) -> dict[str, Any]:
+    """The formats `export` (ExportConfig) asks for, written into the run's output directory."""
+    done: dict[str, Any] = {}
+    if cfg.gguf:
+        done["gguf"] = export_dir(out_dir, "gguf", cfg.gguf)
+    if cfg.nemotron_nas:
+        done["nemotron_nas"] = export_dir(out_dir, "nemotron-nas")["path"]
+    return done
