@@ -229,6 +229,9 @@ def tokenizer_fields(tokenizer: Any) -> dict[str, Any]:
         tokens[i] = text
         types[i] = (3 if added[text].get("special") else 4) if text in added else 1  # control / user / normal
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
+    if not merges:
+        raise UnastError("GGUF export: the tokenizer is a BPE without merges, which llama.cpp does not load; "
+                         "use --format hf")
     specials = {name: tokenizer.convert_tokens_to_ids(tok) for name in ("bos", "eos", "unk", "pad")
                 if (tok := getattr(tokenizer, f"{name}_token", None)) is not None}
     probe = tokenizer("a").input_ids

@@ -20,9 +20,26 @@ CHOICES = [
 ]
 
 
+def bpe_tokenizer():
+    """A byte-level BPE with merges (llama.cpp needs them), trained here on a few sentences."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<eos>"], show_progress=False)
+    tok.train_from_iterator(["the cat sat on the mat and the dog sat on the log"] * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
+
+
+TOKENIZER = bpe_tokenizer()
+
+
 def tiny_student(seed: int = 0):
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_random_config(), dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_config(tiny_random_config(len(TOKENIZER)), dtype=torch.float32).eval()
     apply_choices(model, CHOICES)
     with torch.no_grad():  # random weights everywhere (linear biases too), rounded to f16 as the file stores them
         for p in model.parameters():
@@ -54,13 +71,19 @@ def test_target_problem_names_head_dim():
 
 
 def test_export_writes_deci_metadata(tmp_path):
-    out, _ = export_gguf(tiny_student(), CHOICES, byte_tokenizer(), tmp_path / "s.gguf")
+    out, _ = export_gguf(tiny_student(), CHOICES, TOKENIZER, tmp_path / "s.gguf")
     reader = gguf.GGUFReader(out)
     fields = reader.fields
     assert bytes(fields["general.architecture"].parts[-1]).decode() == "deci"
     heads = [int(fields["deci.attention.head_count"].parts[i][0]) for i in fields["deci.attention.head_count"].data]
     assert heads == [2, 4, 0, 4, 2]
-    assert len(fields["tokenizer.ggml.tokens"].data) == 257
+    assert len(fields["tokenizer.ggml.tokens"].data) == len(TOKENIZER)
+    assert bytes(fields["tokenizer.ggml.pre"].parts[-1]).decode() == "gpt-2"
+
+
+def test_a_bpe_without_merges_is_refused(tmp_path):
+    with pytest.raises(UnastError, match="without merges"):
+        export_gguf(tiny_student(), CHOICES, byte_tokenizer(), tmp_path / "s.gguf")
 
 
 def test_export_refuses_other_families(tmp_path):
@@ -73,12 +96,13 @@ def test_export_refuses_other_families(tmp_path):
 def test_llama_cpp_runs_the_export_with_the_same_logits(tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp")
     model = tiny_student()
-    out, _ = export_gguf(model, CHOICES, byte_tokenizer(), tmp_path / "s.gguf")
-    ids = torch.randint(0, 256, (12,), generator=torch.Generator().manual_seed(1)).tolist()
+    out, _ = export_gguf(model, CHOICES, TOKENIZER, tmp_path / "s.gguf")
+    ids = torch.randint(0, len(TOKENIZER), (12,), generator=torch.Generator().manual_seed(1)).tolist()
     with torch.no_grad():
         expected = model(torch.tensor([ids])).logits[0]
     llm = llama_cpp.Llama(str(out), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
     llm.eval(ids)
     got = torch.tensor(llm.scores[:len(ids)])
+    llm.close()
     assert (got - expected).abs().max() < 2e-2 * expected.abs().max()
     assert (got.argmax(-1) == expected.argmax(-1)).all()
