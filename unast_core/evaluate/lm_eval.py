@@ -35,7 +35,8 @@ def lm_eval_scores(model: Any, tokenizer: Any, tasks: list[str], include: Path |
     out = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
                                   log_samples=False, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
                                   torch_random_seed=seed, fewshot_random_seed=seed)
-    return {task: {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    # lm-eval names a score "metric,filter"; other entries (alias, sample_len) are not scores
+    return {task: {k: float(v) for k, v in metrics.items() if "," in k and isinstance(v, (int, float))}
             for task, metrics in out["results"].items()}
 
 

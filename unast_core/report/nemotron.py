@@ -5,10 +5,12 @@ vLLM reads, per layer, `block_configs[l]`:
     attention.no_op            the attention sublayer (and its input norm) is skipped
     attention.n_heads_in_group query heads per KV head; query heads stay `num_attention_heads`
     ffn.no_op                  the MLP sublayer (and its norm) is skipped
-    ffn.ffn_mult               MLP width = next multiple of 256 of int(2 * ffn_mult * hidden_size / 3)
+    ffn.ffn_mult               if present: MLP width = next multiple of 256 of int(2 * ffn_mult * hidden_size / 3)
+    ffn.intermediate_size      else: the MLP width
 Weights keep the Llama names (model.layers.l.self_attn.q_proj.weight, ...). So a student is expressible when
-every attention keeps the teacher's query heads and head dim (KV groups may change), every MLP width is one
-`ffn_mult` gives, and nothing is linear.
+every attention keeps the teacher's query heads and head dim (KV groups may change) and nothing is linear.
+Every block gets `intermediate_size`, and `ffn_mult` too where one gives that width exactly (the shipped
+configuration_decilm.py leaves an absent field absent, so vLLM then reads intermediate_size).
 """
 
 from __future__ import annotations
@@ -50,8 +52,6 @@ def target_problem(spec: dict[str, Any], kind: str, dims: dict[str, int]) -> str
         if spec["heads"] != dims["heads"] or spec["head_dim"] != dims["head_dim"]:
             return (f"{spec['heads']} query heads of dim {spec['head_dim']}: nemotron-nas keeps the teacher's "
                     f"{dims['heads']} query heads of dim {dims['head_dim']} (only KV groups change)")
-    if op == "mlp" and ffn_mult(spec["hidden"], dims["hidden_size"]) is None:
-        return (f"MLP width {spec['hidden']}: nemotron-nas widths come from ffn_mult, rounded up to a multiple of 256")
     return None
 
 
@@ -66,11 +66,15 @@ def block_configs(choices: list[dict[str, dict[str, Any]]], dims: dict[str, int]
         attn, mlp = c.get("attn", {"op": "teacher"}), c.get("mlp", {"op": "teacher"})
         kv = attn.get("kv_heads", dims["kv_heads"])
         width = mlp.get("hidden", dims["hidden"])
+        ffn: dict[str, Any] = {"no_op": mlp["op"] == "identity", "replace_with_linear": False}
+        if mlp["op"] != "identity":
+            ffn["intermediate_size"] = width
+            if (mult := ffn_mult(width, dims["hidden_size"])) is not None:
+                ffn["ffn_mult"] = mult
         out.append({
             "attention": {"no_op": attn["op"] == "identity", "replace_with_linear": False,
                           "n_heads_in_group": None if attn["op"] == "identity" else dims["heads"] // kv},
-            "ffn": {"no_op": mlp["op"] == "identity", "replace_with_linear": False,
-                    "ffn_mult": None if mlp["op"] == "identity" else ffn_mult(width, dims["hidden_size"])},
+            "ffn": ffn,
         })
     return out
 

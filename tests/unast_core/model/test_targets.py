@@ -33,8 +33,8 @@ def test_llama_cpp_drops_smaller_head_dims():
 
 def test_vllm_keeps_kv_groups_and_no_ops_only():
     pool, dropped = kept("vllm")
-    assert pool == [{"op": "teacher"}, {"op": "identity"}, POOL[5]]
-    assert any("no linear" in d for d in dropped) and any("multiple of 256" in d for d in dropped)
+    assert pool == [{"op": "teacher"}, {"op": "identity"}, POOL[5], POOL[6]]
+    assert any("no linear" in d for d in dropped) and sum("query heads" in d for d in dropped) == 2
 
 
 def test_other_families_are_refused():

@@ -14,14 +14,15 @@ from unast_core.model.modeling_unast import apply_choices
 from unast_core.model.teacher import byte_tokenizer
 from unast_core.report.nemotron import export_nemotron, ffn_mult, ffn_width, target_problem
 
-# hidden 96: MLP widths come in multiples of 256 (teacher 512, a narrower 256)
-CONFIG = dict(vocab_size=257, hidden_size=96, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+# hidden 96: the teacher's MLP (512) and a narrower one (256) have an ffn_mult, a width of 200 has not
+CONFIG = dict(vocab_size=257, hidden_size=96, intermediate_size=512, num_hidden_layers=5, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
 CHOICES = [
     {"attn": {"op": "teacher"}, "mlp": {"op": "mlp", "hidden": 256}},
     {"attn": {"op": "attention", "heads": 4, "kv_heads": 1, "head_dim": 24}, "mlp": {"op": "teacher"}},
     {"attn": {"op": "identity"}, "mlp": {"op": "teacher"}},
     {"attn": {"op": "teacher"}, "mlp": {"op": "identity"}},
+    {"attn": {"op": "teacher"}, "mlp": {"op": "mlp", "hidden": 200}},
 ]
 
 
@@ -72,7 +73,8 @@ class Reference(nn.Module):
                                        block["attention"]["n_heads_in_group"])
             if not block["ffn"]["no_op"]:
                 x = self.norm(h, f"{p}.post_attention_layernorm.weight")
-                width = ffn_width(block["ffn"]["ffn_mult"], self.cfg["hidden_size"])
+                ffn = block["ffn"]  # vLLM: ffn_mult when present, else intermediate_size
+                width = ffn_width(ffn["ffn_mult"], self.cfg["hidden_size"]) if "ffn_mult" in ffn else ffn["intermediate_size"]
                 gate, up = self.w[f"{p}.mlp.gate_proj.weight"], self.w[f"{p}.mlp.up_proj.weight"]
                 assert gate.shape[0] == up.shape[0] == width
                 h = h + (nn.functional.silu(x @ gate.T) * (x @ up.T)) @ self.w[f"{p}.mlp.down_proj.weight"].T
@@ -93,15 +95,18 @@ def test_config_schema(tmp_path):
     for key in ("hidden_size", "num_attention_heads", "rms_norm_eps", "rope_theta", "vocab_size", "hidden_act"):
         assert key in cfg
     blocks = cfg["block_configs"]
-    assert len(blocks) == cfg["num_hidden_layers"] == 4
-    assert [b["attention"]["no_op"] for b in blocks] == [False, False, True, False]
-    assert [b["attention"]["n_heads_in_group"] for b in blocks] == [2, 4, None, 2]
-    assert [b["ffn"]["no_op"] for b in blocks] == [False, False, False, True]
+    assert len(blocks) == cfg["num_hidden_layers"] == 5
+    assert [b["attention"]["no_op"] for b in blocks] == [False, False, True, False, False]
+    assert [b["attention"]["n_heads_in_group"] for b in blocks] == [2, 4, None, 2, 2]
+    assert [b["ffn"]["no_op"] for b in blocks] == [False, False, False, True, False]
     assert ffn_width(blocks[0]["ffn"]["ffn_mult"], 96) == 256 and ffn_width(blocks[1]["ffn"]["ffn_mult"], 96) == 512
+    assert [b["ffn"].get("intermediate_size") for b in blocks] == [256, 512, 512, None, 200]
+    assert "ffn_mult" not in blocks[4]["ffn"]
     from transformers import AutoConfig
 
     loaded = AutoConfig.from_pretrained(out, trust_remote_code=True)
     assert loaded.block_configs[1].attention.n_heads_in_group == 4 and loaded.block_configs[2].attention.no_op
+    assert not hasattr(loaded.block_configs[4].ffn, "ffn_mult")  # so vLLM reads intermediate_size
 
 
 def test_reference_decilm_loads_the_weights_and_matches(tmp_path):
