@@ -19,7 +19,7 @@ class DeciLMConfig(PretrainedConfig):
     def __init__(self, block_configs: list[Any] | None = None, hidden_size: int = 4096, num_hidden_layers: int = 32,
                  num_attention_heads: int = 32, head_dim: int | None = None, intermediate_size: int = 11008,
                  vocab_size: int = 32000, max_position_embeddings: int = 2048, rms_norm_eps: float = 1e-6,
-                 rope_theta: float = 10000.0, rope_scaling: dict | None = None, hidden_act: str = "silu",
+                 rope_theta: float = 10000.0, hidden_act: str = "silu",
                  attention_bias: bool = False, mlp_bias: bool = False, **kwargs: Any):
         self.block_configs = [b if isinstance(b, SimpleNamespace) else
                               SimpleNamespace(attention=SimpleNamespace(**b["attention"]), ffn=SimpleNamespace(**b["ffn"]))
@@ -28,7 +28,7 @@ class DeciLMConfig(PretrainedConfig):
         self.num_attention_heads, self.head_dim = num_attention_heads, head_dim or hidden_size // num_attention_heads
         self.intermediate_size, self.vocab_size = intermediate_size, vocab_size
         self.max_position_embeddings, self.rms_norm_eps = max_position_embeddings, rms_norm_eps
-        self.rope_theta, self.rope_scaling, self.hidden_act = rope_theta, rope_scaling, hidden_act
+        self.rope_theta, self.hidden_act = rope_theta, hidden_act
         self.rope_parameters = {"rope_type": "default", "rope_theta": rope_theta}
         self.attention_bias, self.mlp_bias = attention_bias, mlp_bias
         # vLLM takes the KV-cache layout from this; per layer it is num_attention_heads / n_heads_in_group.

@@ -88,7 +88,7 @@ def nemotron_config(config: Any, blocks: list[dict[str, Any]]) -> dict[str, Any]
         "hidden_size": dims["hidden_size"], "num_hidden_layers": len(blocks),
         "num_attention_heads": dims["heads"], "head_dim": dims["head_dim"], "intermediate_size": dims["hidden"],
         "vocab_size": config.vocab_size, "max_position_embeddings": config.max_position_embeddings,
-        "rms_norm_eps": config.rms_norm_eps, "rope_theta": theta, "rope_scaling": None,
+        "rms_norm_eps": config.rms_norm_eps, "rope_theta": theta,
         "hidden_act": config.hidden_act, "tie_word_embeddings": bool(config.tie_word_embeddings),
         "attention_bias": False, "mlp_bias": False, "torch_dtype": "bfloat16",
         "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id,
