@@ -165,6 +165,11 @@ class CostConfig(_Strict):
     repeats: int = Field(11, gt=0, description="interleaved repeats; the median is kept")
     calibration_samples: int = Field(12, ge=0, description="random architectures timed to calibrate the "
                                      "table's latency prediction (0: use the table as it is)")
+    engine: Literal["torch", "llama.cpp"] = Field(
+        "torch", description="where the table and the architecture check are timed: torch (eager, cost.dtype) or "
+                             "llama.cpp (each variant written as a deci GGUF in cost.gguf_quant; threads: this "
+                             "process's cores); the final evaluation is timed in torch either way")
+    gguf_quant: Literal["f16", "q8_0", "q4_k"] = Field("f16", description="llama.cpp engine: the GGUF type timed")
 
 
 class SearchConfig(_Strict):

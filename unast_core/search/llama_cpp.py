@@ -66,3 +66,68 @@ def gguf_latency(paths: dict[str, Path], regime: RegimeConfig, warmup: int, repe
     finally:
         for llm in models.values():
             llm.close()
+
+
+def as_layers(n_blocks: int, choices: dict[int, dict[str, Any]]) -> list[dict[str, dict[str, Any]]]:
+    """{sublayer index (2 * block + 0 attn / 1 mlp): spec} -> per-block {"attn": spec, "mlp": spec}."""
+    kinds = ("attn", "mlp")
+    return [{k: choices.get(2 * b + i, {"op": "teacher"}) for i, k in enumerate(kinds)} for b in range(n_blocks)]
+
+
+def _has_attention(choices: dict[int, dict[str, Any]], n_blocks: int) -> bool:
+    """Whether some block keeps a real (KV-caching) attention: the teacher's or a smaller one."""
+    return any(choices.get(2 * b, {"op": "teacher"})["op"] in ("teacher", "attention") for b in range(n_blocks))
+
+
+def gguf_measure(model: Any, tokenizer: Any, work: Path, regime: RegimeConfig, warmup: int, repeats: int,
+                 quant: str = "f16", threads: int | None = None) -> Callable[[dict[str, dict[int, dict[str, Any]]]], dict[str, float]]:
+    """The cost table's timing done in llama.cpp: a function of {variant: {sublayer index: spec}} that writes each
+    variant of `model` (the teacher with those sublayers replaced) as a deci GGUF under `work` and returns the
+    median seconds of one regime unit of each, timed interleaved (`gguf_latency`)."""
+    import copy
+
+    from unast_core.model.modeling_unast import apply_choices, family_of, get_blocks
+    from unast_core.report.gguf import export_gguf
+
+    n_blocks = len(get_blocks(model, family_of(model.config)))
+
+    def measure(variants: dict[str, dict[int, dict[str, Any]]]) -> dict[str, float]:
+        # llama.cpp cannot run a model without any attention (its KV cache would be empty): such a variant keeps
+        # block 0's teacher attention, and so does a helper that replaces its attentions only; block 0's share
+        # is then taken out as the helper's saving per block (the table's own additivity assumption).
+        anchored = {name for name, c in variants.items() if not _has_attention(c, n_blocks)}
+        timed = {name: ({i: spec for i, spec in c.items() if i} if name in anchored else c)
+                 for name, c in variants.items()}
+        helpers = {f"{name}/attn": {i: spec for i, spec in timed[name].items() if i % 2 == 0} for name in anchored}
+        medians = _time(dict(timed, teacher=timed.get("teacher", {}), **helpers))
+        for name in anchored:
+            block0 = (medians["teacher"] - medians[f"{name}/attn"]) / (n_blocks - 1)
+            medians[name] -= block0
+        return {name: medians[name] for name in variants}
+
+    def _time(variants: dict[str, dict[int, dict[str, Any]]]) -> dict[str, float]:
+        paths = {}
+        for i, (name, choices) in enumerate(variants.items()):
+            layers = as_layers(n_blocks, choices)
+            variant = apply_choices(copy.deepcopy(model), layers)
+            paths[name], _ = export_gguf(variant, layers, tokenizer, Path(work) / f"variant-{i}.gguf", quant)
+            del variant
+        try:
+            return gguf_latency(paths, regime, warmup, repeats, model.config.vocab_size, threads)
+        finally:
+            for path in paths.values():
+                path.unlink(missing_ok=True)
+    return measure
+
+
+def as_choices(layers: list[dict[str, dict[str, Any]]]) -> dict[int, dict[str, Any]]:
+    """Per-block layers -> {sublayer index: spec} of the replaced sublayers (the inverse of `as_layers`)."""
+    return {2 * b + i: layer[kind] for b, layer in enumerate(layers) for i, kind in enumerate(("attn", "mlp"))
+            if layer.get(kind, {"op": "teacher"})["op"] != "teacher"}
+
+
+def gguf_ratios(measure: Callable[[dict[str, dict[int, dict[str, Any]]]], dict[str, float]],
+                layer_sets: list[list[dict[str, dict[str, Any]]]]) -> list[float]:
+    """Latency of each architecture over the teacher's, timed in one interleaved `measure` (llama.cpp)."""
+    timed = measure({"teacher": {}, **{f"arch{k}": as_choices(layers) for k, layers in enumerate(layer_sets)}})
+    return [timed[f"arch{k}"] / timed["teacher"] for k in range(len(layer_sets))]
