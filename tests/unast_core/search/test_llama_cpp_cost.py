@@ -14,7 +14,7 @@ def test_sublayer_choices_round_trip():
     assert as_layers(2, as_choices(LAYERS)) == LAYERS
 
 
-def test_cost_table_timed_in_llama_cpp(tmp_path):
+def test_cost_table_timed_in_llama_cpp(tmp_path, monkeypatch):
     pytest.importorskip("llama_cpp")
     from transformers import AutoModelForCausalLM
 
@@ -33,11 +33,17 @@ def test_cost_table_timed_in_llama_cpp(tmp_path):
         timed.append(sorted(variants))
         return gguf_measure(model, TOKENIZER, tmp_path, regime, 1, 3, threads=1)(variants)
 
+    import unast_core.search.llama_cpp as engine
+
+    real = engine.gguf_latency
+    monkeypatch.setattr(engine, "gguf_latency", lambda *a, **k: real(*a, **{**k, "group": 3}))  # several groups
+
     lut = build_lut(model, pool, regime, 1, 3, calibration_samples=2, measure=measure)
     assert timed[0] == sorted(lut["measured"]) and "mlp:mlp-88" in timed[0] and "attn:linear" in timed[0]
     assert timed[1] == ["arch0", "arch1", "teacher"]  # the calibration, in llama.cpp too
     assert lut["teacher"]["latency"] > 0 and all(row[1] == 0 for row in lut["costs"]["latency"])
     assert lut["calibration"]["latency"]["points"]
     assert not list(tmp_path.glob("*.gguf"))  # variants are removed once timed
+    monkeypatch.undo()
     ratios = gguf_ratios(gguf_measure(model, TOKENIZER, tmp_path, regime, 1, 3, threads=1), [LAYERS * 2])
     assert len(ratios) == 1 and ratios[0] > 0  # (a tiny model: the value itself is timing noise)
