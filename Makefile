@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?= --budget latency=0.75 --output unast-out
+WHEELS ?= $(HOME)/.cache/unast/wheels
+LLAMA_CMAKE ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
+               -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
 
 .PHONY: install demo smoke test test-fast clean
 
@@ -17,6 +20,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	# DeepSpeed is an sdist whose isolated build would fetch another torch: build it against ours.
 	$(BIN)/pip install --quiet --no-build-isolation "deepspeed>=0.16"
+	$(BIN)/pip install --quiet -e ".[eval]"
+	# llama.cpp from its sdist (~5 CPU-minutes), built once into $(WHEELS) and reused from there. ggml's native
+	# build picks the AMX backend, which segfaults on the first eval on the reference machine: name the ISA.
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip wheel --quiet --no-deps --find-links $(WHEELS) -w $(WHEELS) "llama-cpp-python==0.3.36"
+	$(BIN)/pip install --quiet --find-links $(WHEELS) -e ".[llamacpp]"
 	touch $@
 
 demo: install

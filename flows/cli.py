@@ -101,6 +101,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     _service_arguments(serve)
     report = sub.add_parser("report", help="print the results of an exported run")
     report.add_argument("dir", type=Path)
+    export = sub.add_parser("export", help="rewrite an exported student for a serving engine")
+    export.add_argument("dir", type=Path, help="the --output directory of a finished run")
+    export.add_argument("--format", required=True, help="gguf (llama.cpp) or nemotron-nas (vLLM)")
+    export.add_argument("--quant", default="f16", help="gguf: f16 (default), q8_0 or q4_k")
+    export.add_argument("--output", type=Path, help="file (gguf) or directory (nemotron-nas); default: inside DIR")
+    ev = sub.add_parser("eval", help="lm-evaluation-harness scores of an exported student and its teacher")
+    ev.add_argument("dir", type=Path, help="the --output directory of a finished run")
+    ev.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    ev.add_argument("--include", type=Path, help="a folder of task YAMLs (e.g. over local json files: works offline)")
+    ev.add_argument("--teacher", help="teacher spec (default: the run's teacher, from results.json)")
+    ev.add_argument("--no-teacher", action="store_true", help="score the student only")
+    ev.add_argument("--limit", type=int, help="documents per task (default: all)")
+    ev.add_argument("--num-fewshot", type=int)
+    ev.add_argument("--batch-size", type=int, default=8)
     from flows.store_cli import add_parser as add_store
 
     add_store(sub)
@@ -195,6 +209,28 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from unast_core.report.formats import export_dir
+
+    record = export_dir(args.dir, args.format, args.quant, args.output)
+    print(f"wrote {record['path']}")
+    for r in record["rewrites"]:
+        print(f"  block {r['block']} {r['kind']} ({r['operator']}): {r['how']}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from unast_core.evaluate.lm_eval import evaluate_dir
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    scores = evaluate_dir(args.dir, tasks, args.include, args.teacher, not args.no_teacher, args.batch_size,
+                          args.limit, args.num_fewshot)
+    from unast_core.report.card import lm_eval_section
+
+    print(lm_eval_section(scores))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parse_args(argv)
@@ -203,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             from flows.store_cli import run as store
 
             return store(args)
-        handler = {"run": _run, "deploy": _service, "serve": _service, "report": _report}[args.command]
+        handler = {"run": _run, "deploy": _service, "serve": _service, "report": _report, "export": _export,
+                   "eval": _eval}[args.command]
         return handler(args)
     except UnastError as exc:
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # always one line

@@ -37,7 +37,7 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
     try:
         check_outputs(cfg)
         prep = run.stage("prepare", prepare, cfg.teacher, cfg.data, cfg.cost, cfg.method_pool(), cfg.compute,
-                         run.home)
+                         run.home, cfg.search.target)
         check_disk(prep, cfg)                                                       # a warning when short
         lut = run.stage("cost", cost_table, prep, cfg.cost)                       # alone on the host
         for budget in run.budgets:                                                   # unreachable: stop now

@@ -10,8 +10,19 @@ from unast_core.search.cost import architecture_params, build_lut
 from unast_core.search.latency import MEASUREMENT, measure_ratios, resolve_device
 from unast_core.integrity import intact
 from unast_core.locks import unit_lock
+from unast_core.search.llama_cpp import gguf_ratios
 from unast_core.store import content_key, read_json, write_json
 from unast_core.train.precision import deployed
+
+
+def _engine(prep: Prepared, cfg: CostConfig, model):
+    """cost.engine=llama.cpp: the function that times variants as GGUFs in llama.cpp (None: PyTorch)."""
+    if cfg.engine != "llama.cpp":
+        return None
+    from unast_core.search.llama_cpp import gguf_measure
+
+    return gguf_measure(model, teacher_for(prep.teacher).tokenizer, prep.store().path("gguf-timing"), cfg.regime,
+                        cfg.warmup, cfg.repeats, cfg.gguf_quant)
 
 
 def _record(path, lut: dict, reused: bool) -> CostTable:
@@ -31,7 +42,8 @@ def cost_table(prep: Prepared, cfg: CostConfig) -> CostTable:
             return _record(path, read_json(path), True)
         with timing(), deployed(prep.deploy_dtype, teacher_for(prep.teacher).model) as (model,), \
                 on_device(device, model):
-            lut = build_lut(model, prep.pool, cfg.regime, cfg.warmup, cfg.repeats, cfg.calibration_samples)
+            lut = build_lut(model, prep.pool, cfg.regime, cfg.warmup, cfg.repeats, cfg.calibration_samples,
+                            measure=_engine(prep, cfg, model))
         lut["dtype"] = prep.deploy_dtype
         write_json(path, lut)
         return _record(path, lut, False)
@@ -49,7 +61,10 @@ def measure_architectures(prep: Prepared, layer_sets: list[list[dict]], cfg: Cos
             return read_json(path)
         with timing(), deployed(prep.deploy_dtype, teacher_for(prep.teacher).model) as (model,), \
                 on_device(device, model):
-            ratios = {"latency": measure_ratios(model, layer_sets, cfg.regime, cfg.warmup, cfg.repeats),
+            measure = _engine(prep, cfg, model)
+            latency = (measure_ratios(model, layer_sets, cfg.regime, cfg.warmup, cfg.repeats) if measure is None
+                       else gguf_ratios(measure, layer_sets))
+            ratios = {"latency": latency,
                       "params": [architecture_params(model, layers) / prep.teacher_params for layers in layer_sets]}
         write_json(path, ratios)
         return ratios

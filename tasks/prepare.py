@@ -10,6 +10,7 @@ from unast_core.data.generated import generated_key, sample_rows
 from unast_core.model.adapters import Adapter, check_seq_len
 from unast_core.model.modeling_unast import teacher_dims
 from unast_core.model.operators import resolve_pool
+from unast_core.model.targets import pool_for_target
 from unast_core.records import Prepared
 from unast_core.search.latency import resolve_device
 from unast_core.integrity import intact
@@ -20,10 +21,13 @@ from unast_core.train.precision import resolve_dtype
 
 @task(name="prepare")
 def prepare(teacher_cfg: TeacherConfig, data_cfg: DataConfig, cost_cfg: CostConfig, pool_cfg: PoolConfig,
-            compute: ComputeConfig, home: str) -> Prepared:
+            compute: ComputeConfig, home: str, target: str = "torch") -> Prepared:
     """Stage 0: load the teacher, check it fits and the pool suits it, resolve the compute and deployment
-    dtypes, sample the teacher's text once per key, tokenize and split the data once per content key."""
+    dtypes, sample the teacher's text once per key, tokenize and split the data once per content key.
+    `target` (search.target) drops the operators the serving engine cannot run."""
     teacher = teacher_for(teacher_cfg)
+    dims = teacher_dims(teacher.model.config)
+    pool = pool_for_target(resolve_pool(pool_cfg, teacher.model.config), target, teacher.model.config, dims)
     adapter = Adapter(teacher.model)
     check_seq_len(adapter, data_cfg.seq_len, "data.seq_len")
     check_seq_len(adapter, cost_cfg.regime.seq_len, "cost.regime.seq_len")
@@ -43,7 +47,7 @@ def prepare(teacher_cfg: TeacherConfig, data_cfg: DataConfig, cost_cfg: CostConf
             write_tensors(path, build_splits(teacher.tokenizer, data_cfg, generated))
     return Prepared(teacher=teacher_cfg, source=teacher.source, fingerprint=teacher.fingerprint,
                     model_type=teacher.model.config.model_type, sublayers=[s.name for s in adapter.sublayers],
-                    pool=resolve_pool(pool_cfg, teacher.model.config), dims=teacher_dims(teacher.model.config),
+                    pool=pool, dims=dims,
                     teacher_params=adapter.total_params(), home=home, run_dir=str(store.root), data_key=data_key,
                     data_path=str(path), compute_dtype=dtype, deploy_dtype=deploy, generated_key=gen_key,
                     reused=reused)

@@ -64,6 +64,10 @@ def export_model(prep: Prepared, config: RunConfig, budget: dict[str, float], ch
     results["sample"] = export.fn(prep, final, results, str(final_dir), config.evaluate.generate_tokens).sample
     faults.point("export")
     copy_tree(final_dir, Path(out_dir))
+    if config.export.gguf or config.export.nemotron_nas:
+        from unast_core.report.formats import engine_exports
+
+        results["exports"] = engine_exports(Path(out_dir), config.export)
     for path in figures.values():
         with atomic_path(Path(out_dir) / "figures" / Path(path).name) as tmp:
             shutil.copyfile(path, tmp)

@@ -19,6 +19,14 @@ def test_record_and_reuse(store):
     assert Prepared.model_validate_json(prep.model_dump_json()) == prep  # serialisable: travels to any worker
 
 
+def test_the_serving_target_restricts_the_pool(store):
+    cfg = store.config
+    prep = prepare.fn(cfg.teacher, cfg.data, cfg.cost, cfg.pool, cfg.compute, store.prep.home, "vllm")
+    assert {"op": "linear"} in store.prep.pool and {"op": "linear"} not in prep.pool
+    assert all(p["op"] != "attention" or p["heads"] == prep.dims["heads"] for p in prep.pool)
+    assert prep.reused  # the data does not depend on the target
+
+
 def test_a_sequence_longer_than_the_model_is_an_error(tmp_path):
     config = smoke_config(tmp_path, **{"data.seq_len": 4096})
     with pytest.raises(UnastError, match="longer than the model supports"):

@@ -70,10 +70,25 @@ attention / MLP)
 
 {architecture_table(results['layers'])}
 
-{_figure_links(results)}{findings + chr(10) * 2 if findings else ""}## Sample (greedy)
+{_figure_links(results)}{findings + chr(10) * 2 if findings else ""}{lm_eval_section(results["lm_eval"]) if results.get("lm_eval") else ""}## Sample (greedy)
 
 {results.get('sample', '')!r}
 """
+
+
+def lm_eval_section(scores: dict[str, Any]) -> str:
+    """`unast eval`'s scores: one row per task and metric, teacher next to student."""
+    rows = []
+    for task, metrics in scores["student"].items():
+        for metric, value in metrics.items():
+            if "stderr" in metric:
+                continue
+            teacher = scores.get("teacher", {}).get(task, {}).get(metric)
+            rows.append(f"| {task} | {metric} | {'' if teacher is None else f'{teacher:.4f}'} | {value:.4f} |")
+    limit = f", first {scores['limit']} documents per task" if scores.get("limit") else ""
+    return ("## lm-evaluation-harness\n\n"
+            f"`unast eval` (lm-eval's HFLM on the fp32 models{limit}):\n\n"
+            "| task | metric | teacher | student |\n|---|---|---:|---:|\n" + "\n".join(rows) + "\n\n")
 
 
 def _heldout_row(results: dict[str, Any]) -> str:

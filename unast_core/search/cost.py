@@ -22,22 +22,25 @@ table ratio is kept next to it (SmolLM2-135M on CPU: slope 0.993, intercept -0.0
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from unast_core.model.adapters import Adapter
 from unast_core.model.assemble import layers_from_choice
 from unast_core.config import RegimeConfig
+from unast_core.search.llama_cpp import gguf_ratios
 from unast_core.search.latency import built_variants, interleaved_latency, measure_ratios, regime_inputs, swapped_runs
 from unast_core.model.modeling_unast import teacher_dims
 from unast_core.model.ops import OpSpec
 
 def build_lut(model: torch.nn.Module, pool: list[dict[str, Any]], regime: RegimeConfig, warmup: int,
-              repeats: int, calibration_samples: int = 0, seed: int = 0) -> dict[str, Any]:
+              repeats: int, calibration_samples: int = 0, seed: int = 0,
+              measure: Callable[[dict[str, dict[int, dict[str, Any]]]], dict[str, float]] | None = None) -> dict[str, Any]:
     """Returns {"costs": {"latency": [[s per candidate] per sublayer], "params": [...]},
     "fixed": {"latency": s, "params": n}, "teacher": {"latency": s, "params": n}, "measured": {...}}.
-    A candidate that cannot replace a sublayer of some kind costs 0 there (the search never picks it)."""
+    A candidate that cannot replace a sublayer of some kind costs 0 there (the search never picks it).
+    `measure` times {variant: {sublayer: spec}} in another engine (`llama_cpp.gguf_measure`); default: PyTorch."""
     adapter = Adapter(model)
     device = next(model.parameters()).device
     ids = regime_inputs(regime, model.config.vocab_size, device)
@@ -48,8 +51,11 @@ def build_lut(model: torch.nn.Module, pool: list[dict[str, Any]], regime: Regime
         for spec in [*pool, {"op": "identity"}]:  # identity is the baseline of every difference
             if spec["op"] != "teacher" and OpSpec.of(spec).applies(kind):
                 variants[f"{kind}:{OpSpec.of(spec).name}"] = {s.index: spec for s in adapter.sublayers if s.kind == kind}
-    built = {name: built_variants(adapter, choices) for name, choices in variants.items()}
-    measured = interleaved_latency(swapped_runs(adapter, ids, built, regime.kind), warmup, repeats)
+    if measure is None:
+        built = {name: built_variants(adapter, choices) for name, choices in variants.items()}
+        measured = interleaved_latency(swapped_runs(adapter, ids, built, regime.kind), warmup, repeats)
+    else:
+        measured = measure(variants)
     latency = [[_per_sublayer(measured, s.kind, name, adapter.n_blocks) if OpSpec.of(spec).applies(s.kind) else 0.0
                  for spec, name in zip(pool, names)] for s in adapter.sublayers]
     params = [[_params(adapter, s, spec) if OpSpec.of(spec).applies(s.kind) else 0 for spec in pool] for s in adapter.sublayers]
@@ -78,7 +84,10 @@ def build_lut(model: torch.nn.Module, pool: list[dict[str, Any]], regime: Regime
     if calibration_samples > 0:
         choices = calibration_choices(lut, adapter, calibration_samples, seed)
         table = [predict(lut, c)["latency"] / teacher["latency"] for c in choices]
-        ratios = measure_ratios(model, [layers_from_choice(c, pool) for c in choices], regime, warmup, repeats)
+        if measure is None:
+            ratios = measure_ratios(model, [layers_from_choice(c, pool) for c in choices], regime, warmup, repeats)
+        else:
+            ratios = gguf_ratios(measure, [layers_from_choice(c, pool) for c in choices])
         lut["calibration"]["latency"] = fit_calibration([*table, 1.0], [*ratios, 1.0])
     return lut
 
