@@ -18,6 +18,7 @@ from tasks.choose import pick, shortlist
 from tasks.cost import cost_table
 from tasks.evaluate import evaluate
 from tasks.prepare import prepare
+from tasks.ptq import post_compress
 from tasks.report import check_outputs, score_figures, write_family
 from tasks.search import check_budget
 from unast_core.config import RunConfig, budget_name
@@ -46,6 +47,9 @@ def compress(config: RunConfig) -> dict[str, Any]:
             trials = run.stage(f"{name}/select", select, prep, short, cfg, wall=wall)              # fanned out
             choice = pick(short, trials)
             final = run.stage(f"{name}/finetune", finetune, prep, choice, cfg, wall=wall)
+            if cfg.ptq_settings():                                                    # Section 5.3: on top
+                final = run.stage(f"{name}/ptq", post_compress, prep, final, cfg.ptq_settings(),
+                                  cfg.evaluate.batch_size, wall=wall)
             measured = run.stage(f"{name}/evaluate", evaluate, prep, final, cfg.evaluate, cfg.cost, wall=wall)
             run.stage(f"{name}/export", export, run, prep, budget, choice, final, measured, distilled, figures, scores,
                       wall, wall=wall)

@@ -7,12 +7,14 @@ from prefect import task
 from safetensors.torch import load_model
 
 from tasks.common import computing, on_device, splits, teacher_for, timing
+from unast_core.compress.export import packed_copy
 from unast_core.config import CostConfig, EvalConfig
 from unast_core.model.assemble import build_student
 from unast_core.records import Evaluation, Exported, Prepared, Trained
 from unast_core.report.card import model_card
 from unast_core.report.export import export_checkpoint
 from unast_core.search.latency import latency_vs_teacher, resolve_device, student_latency
+from unast_core.store import read_tensors
 from unast_core.train.losses import compare_to_teacher
 from unast_core.train.precision import DTYPES, deployed
 
@@ -64,7 +66,11 @@ def export(prep: Prepared, trained: Trained, results: dict, out_dir: str, genera
         prompt = teacher.tokenizer("The Python language", return_tensors="pt").input_ids
         ids = student.generate(prompt, max_new_tokens=generate_tokens, do_sample=False)
         sample = teacher.tokenizer.decode(ids[0], skip_special_tokens=True)
-    student.to(DTYPES[prep.deploy_dtype])  # saved as deployed (bf16 halves the checkpoint)
+    if trained.compression:  # body linears packed, everything else 16-bit (Appendix D)
+        student = packed_copy(student, read_tensors(Path(trained.compression["packed"])),
+                              {k: v for k, v in trained.compression.items() if k != "packed"})
+    else:
+        student.to(DTYPES[prep.deploy_dtype])  # saved as deployed (bf16 halves the checkpoint)
     export_checkpoint(student, teacher.tokenizer, Path(out_dir), model_card({**results, "sample": sample}),
                       {**results, "sample": sample})
     return Exported(dir=out_dir, sample=sample)

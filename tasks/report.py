@@ -11,6 +11,7 @@ from prefect import task
 from tasks.evaluate import export
 from unast_core.config import RunConfig, budget_name
 from unast_core.records import Choice, CostTable, Distilled, DistillReport, Evaluation, Prepared, ScoreTable, Trained, weights_matrix
+from unast_core.compress.export import compression_summary
 from unast_core.report.card import distill_summary, student_results
 from unast_core.report.figures import architecture_chart, cost_score_scatter, scatter_points, sublayer_error_chart
 from unast_core.report.findings import sensitivity_chart
@@ -61,6 +62,8 @@ def export_model(prep: Prepared, config: RunConfig, budget: dict[str, float], ch
                               run_info)
     final_dir = Path(prep.run_dir) / "final" / choice.stem
     results["sample"] = export.fn(prep, final, results, str(final_dir), config.evaluate.generate_tokens).sample
+    if final.compression:
+        results["compression"] = compression_summary(final.compression, final_dir / "model.safetensors")
     copy_tree(final_dir, Path(out_dir))
     for path in figures.values():
         with atomic_path(Path(out_dir) / "figures" / Path(path).name) as tmp:

@@ -234,7 +234,32 @@ class OrchestrationConfig(_Strict):
         raise ValueError(f"unknown runner {runner!r}; use serial, dask or dask://HOST:PORT")
 
 
+class CompressConfig(_Strict):
+    """Post-training compression of the body's linear layers (Section 5.3, Table 5): on top of the finetuned
+    student (`ptq.method`), or on the teacher alone (`--method gptq | sparsegpt | rtn`, with these settings).
+    Calibrated on the compressed model's own activations, block by block; embedding and head stay 16-bit."""
+
+    method: Literal["gptq", "sparsegpt", "rtn"] | None = Field(None, description="None: no compression")
+    bits: Literal[2, 3, 4, 8] = Field(4, description="gptq / rtn: bits per weight")
+    group_size: int | None = Field(128, gt=0, description="gptq / rtn: input columns per scale and zero point "
+                                   "(None: one per output row)")
+    act_order: bool = Field(False, description="gptq: quantize columns of largest Hessian diagonal first")
+    sparsity: float | str = Field(0.5, description="sparsegpt: fraction of zeros (0.5) or n:m (2:4: 2 zeros in "
+                                  "every 4 weights)")
+    damp: float = Field(0.01, gt=0, lt=1, description="Hessian dampening, a fraction of its mean diagonal")
+    calibration_seqs: int = Field(32, gt=0, description="calibration sequences the Hessians are taken on")
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity(cls, sparsity: float | str) -> float | str:
+        from unast_core.compress.spec import parse_sparsity
+
+        parse_sparsity(sparsity)
+        return sparsity
+
+
 METHODS = ("unast", "unast-depth", "shortgpt", "shortened-llama", "uniform", "random-init")
+PTQ_METHODS = ("gptq", "sparsegpt", "rtn")  # baselines: the teacher alone, compressed with the ptq settings
 
 
 class BaselineConfig(_Strict):
@@ -251,10 +276,11 @@ class BaselineConfig(_Strict):
 
 class RunConfig(_Strict):
     preset: Literal["smoke", "cpu", "paper"] = "cpu"
-    method: Literal[METHODS] = Field("unast", description="unast; or a baseline on the same teacher, data and "
+    method: Literal[METHODS + PTQ_METHODS] = Field("unast", description="unast; or a baseline on the same teacher, data and "
                                      "finetune: unast-depth (pool teacher + identity), shortgpt (block influence), "
                                      "shortened-llama (per-block perplexity), uniform (one width everywhere), "
-                                     "random-init (the UNAST architecture trained from scratch)")
+                                     "random-init (the UNAST architecture trained from scratch); gptq, sparsegpt, rtn (the teacher "
+                                     "compressed with the ptq settings)")
     baseline: BaselineConfig = BaselineConfig()
     teacher: TeacherConfig = TeacherConfig()
     data: DataConfig = DataConfig()
@@ -266,6 +292,7 @@ class RunConfig(_Strict):
     select: TrainConfig = TrainConfig(steps=5)
     finetune: TrainConfig = TrainConfig(steps=24)
     evaluate: EvalConfig = EvalConfig()
+    ptq: CompressConfig = CompressConfig()
     compute: ComputeConfig = ComputeConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     budget: dict[str, float | list[float]] = Field(
@@ -303,6 +330,12 @@ class RunConfig(_Strict):
         if self.method == "unast-depth":
             return PoolConfig(ops=["teacher", "identity"], attention=[], mlp=[], init=self.pool.init)
         return self.pool
+
+    def ptq_settings(self) -> CompressConfig | None:
+        """The compression applied after the final finetune: `ptq`, or the PTQ baseline's method on the teacher."""
+        if self.method in PTQ_METHODS:
+            return self.ptq.model_copy(update={"method": self.method})
+        return self.ptq if self.ptq.method else None
 
     def needs_scores(self) -> bool:
         """Whether the method searches the score table (so distillation and scoring must run)."""

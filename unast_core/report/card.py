@@ -111,6 +111,15 @@ def _figure_links(results: dict[str, Any]) -> str:
     return "## Figures\n\n" + "\n".join(f"![{name}]({path})" for name, path in figures.items()) + "\n\n"
 
 
+def _compression_line(c: dict[str, Any]) -> str:
+    """Post-training compression (Section 5.3): what, the Appendix D size and the bytes on disk."""
+    what = f"SparseGPT {c['sparsity']}" if c["method"] == "sparsegpt" else \
+        f"{c['method'].upper()} {c['bits']}-bit" + (f", groups of {c['group_size']}" if c.get("group_size") else "")
+    return (f"compression     {what} on {c['layers']} body linears: size {c['app_d_bytes'] / 2**30:.4f} GB "
+            f"(Appendix D, ratio {c['size_ratio']:.3f}), {c['disk_bytes'] / 2**30:.4f} GB on disk; no int4 / sparse "
+            "kernel here, so no speed-up from it")
+
+
 def console_summary(results: dict[str, Any]) -> str:
     t, s = results["teacher"], results["student"]
     lines = [
@@ -129,6 +138,8 @@ def console_summary(results: dict[str, Any]) -> str:
         f"KL to teacher   {s['kl_to_teacher']:.4f} nats/token",
         f"export          {results['output']}",
     ]
+    if results.get("compression"):
+        lines.insert(-1, _compression_line(results["compression"]))
     if results.get("mlflow"):
         m = results["mlflow"]
         lines.append(f"mlflow          run {m['run_id']} in {m['tracking_uri']} (mlflow ui --backend-store-uri {m['tracking_uri']})")
