@@ -15,6 +15,7 @@ from unast_core.compress.export import compression_summary
 from unast_core.report.card import distill_summary, student_results
 from unast_core.report.figures import architecture_chart, cost_score_scatter, scatter_points, sublayer_error_chart
 from unast_core.report.findings import sensitivity_chart
+from unast_core.report.tolerance import tolerance_chart
 from unast_core.store import atomic_path, check_output_dir, copy_tree, read_json, write_json
 
 
@@ -48,7 +49,9 @@ def score_figures(scores: ScoreTable, lut: CostTable, distilled: DistillReport |
     errors = {"sublayer_errors": distilled.figure} if distilled and distilled.figure else {}
     return {**errors, "cost_vs_score": cost_score_scatter(scatter_points(table, costs), f"{stem}.scatter.png",
                                                 f"Candidates: latency vs score ({lut.device}, {lut.regime['kind']})"),
-            "sensitivity": sensitivity_chart(table, f"{stem}.sensitivity.png", "Score of skipping (and linear) per block")}
+            "sensitivity": sensitivity_chart(table, f"{stem}.sensitivity.png", "Score of skipping (and linear) per block"),
+            **({"compression_tolerance": tolerance_chart(table, f"{stem}.tolerance.png", "Compressed teacher "
+                "sublayers: score per block (Appendix H)")} if any(s["op"] == "compressed" for s in table["pool"]) else {})}
 
 
 @task(name="export-model")

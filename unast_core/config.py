@@ -22,7 +22,8 @@ from pydantic import (
 
 from unast_core.errors import UnastError
 
-BUDGET_KINDS = ("latency", "params", "memory")  # memory: weights + KV cache at the regime's batch x seq_len
+# memory: weights + KV cache at the regime's batch x seq_len; size: stored bytes as Appendix D counts them
+BUDGET_KINDS = ("latency", "params", "memory", "size")
 
 
 class _Strict(BaseModel):
@@ -84,6 +85,29 @@ class MlpCandidate(_Strict):
     hidden: Width = Field(..., gt=0, description="MLP hidden (expansion) size")
 
 
+class CompressedCandidate(_Strict):
+    """A compressed copy of the teacher's sublayer (Appendix H): its first linear module(s) (QKV, or gate + up),
+    its second (attention output, or down) or both, by GPTQ / round-to-nearest at `bits` or SparseGPT at
+    `sparsity`; calibrated on the stored teacher states, not distilled."""
+
+    method: Literal["gptq", "sparsegpt", "rtn"]
+    bits: Literal[2, 3, 4, 8] = 4
+    sparsity: float | str = 0.5
+    linears: Literal["first", "second", "both"] = "both"
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity(cls, sparsity: float | str) -> float | str:
+        from unast_core.compress.spec import parse_sparsity
+
+        parse_sparsity(sparsity)
+        return sparsity
+
+    def spec(self) -> dict[str, Any]:
+        how = {"sparsity": self.sparsity} if self.method == "sparsegpt" else {"bits": self.bits}
+        return {"op": "compressed", "method": self.method, **how, "linears": self.linears}
+
+
 class PoolConfig(_Strict):
     """The candidate operators of every sublayer (paper Section 4.2). Teacher-dependent checks (heads that
     divide, sizes below the teacher's) run when the teacher is loaded and name the field."""
@@ -91,6 +115,9 @@ class PoolConfig(_Strict):
     ops: list[Literal["teacher", "identity", "linear"]] = ["teacher", "identity", "linear"]
     attention: list[AttentionCandidate] = Field(default_factory=lambda: [AttentionCandidate(heads=1 / 3)])
     mlp: list[MlpCandidate] = Field(default_factory=lambda: [MlpCandidate(hidden=0.5)])
+    compressed: list[CompressedCandidate] = Field(default_factory=list, description="compressed copies of the "
+                                                  "teacher's sublayers (Appendix H), e.g. [{method: gptq, bits: 4, "
+                                                  "linears: both}]")
     init: Literal["teacher", "random"] = Field("teacher", description="downsized / linear candidates start from "
                                                "the teacher (importance + least squares) or at random")
 

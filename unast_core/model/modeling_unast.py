@@ -41,7 +41,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
 SUBLAYER_KINDS = ("attn", "mlp")
 # Operators: teacher (kept), identity (skipped), linear (one H x H layer), attention (fewer query / KV heads
 # and / or a smaller head dim: {"heads", "kv_heads", "head_dim"}), mlp (a smaller hidden size: {"hidden"}).
-OPS = ("teacher", "identity", "linear", "attention", "mlp")
+# compressed: the teacher's own sublayer, its linear weights compressed (loaded over a copy).
+OPS = ("teacher", "identity", "linear", "attention", "mlp", "compressed")
 
 
 def family_of(config: PretrainedConfig) -> dict[str, Any]:
@@ -229,6 +230,8 @@ def build_operator(block: nn.Module, family: dict[str, Any], kind: str, spec: di
     out = dict(current)
     if op == "teacher":
         pass
+    elif op == "compressed":
+        out["op"] = copy.deepcopy(current["op"])
     elif op in ("identity", "linear"):
         layer_idx = getattr(current["op"], "layer_idx", 0)
         hidden = config.hidden_size

@@ -140,6 +140,9 @@ def console_summary(results: dict[str, Any]) -> str:
     ]
     if results.get("compression"):
         lines.insert(-1, _compression_line(results["compression"]))
+    if "size" in (results.get("predicted_ratio") or {}):  # exact, like params (Appendix D bytes)
+        lines.insert(-1, f"size ratio      {results['predicted_ratio']['size']:.3f} (Appendix D stored bytes: "
+                         "16-bit weights, compressed teacher sublayers at their bits / non-zeros)")
     if results.get("mlflow"):
         m = results["mlflow"]
         lines.append(f"mlflow          run {m['run_id']} in {m['tracking_uri']} (mlflow ui --backend-store-uri {m['tracking_uri']})")
@@ -173,7 +176,11 @@ def _findings_section(results: dict[str, Any]) -> list[str]:
         found = findings_for(results)
     except (KeyError, TypeError, ValueError) as e:  # a table that does not match the architecture: say so, don't fail
         return ["", "## Findings", "", f"not computed: {type(e).__name__}: {e}"]
-    return [] if found is None else ["", findings_markdown(found)]
+    parts = [] if found is None else ["", findings_markdown(found)]
+    from unast_core.report.tolerance import tolerance_for, tolerance_markdown
+
+    tolerated = tolerance_for(results)
+    return parts + (["", tolerance_markdown(tolerated)] if tolerated and tolerated["candidates"] else [])
 
 
 def _positions(n_blocks: int) -> dict[str, int]:

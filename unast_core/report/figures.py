@@ -49,7 +49,7 @@ def width_fraction(spec: dict[str, Any], kind: str, dims: dict[str, int]) -> flo
         mlp        3*H*hidden                                        (gate, up, down)
     """
     op, h = spec["op"], dims["hidden_size"]
-    if op == "teacher":
+    if op in ("teacher", "compressed"):  # a compressed teacher sublayer keeps the teacher's width
         return 1.0
     if op == "identity":
         return 0.0
@@ -79,6 +79,8 @@ def architecture_chart(layers: list[dict[str, dict[str, Any]]], dims: dict[str, 
         for bar, spec in zip(bars, specs):
             if spec["op"] == "teacher":
                 bar.set_hatch("//")
+            elif spec["op"] == "compressed":
+                bar.set_hatch("..")
         skipped = [b for b, s in zip(blocks, specs) if s["op"] == "identity"]
         ax.plot(skipped, [0.0] * len(skipped), "x", color="black", markersize=7, clip_on=False)
         ax.set_ylim(0, 1.1)
@@ -89,7 +91,9 @@ def architecture_chart(layers: list[dict[str, dict[str, Any]]], dims: dict[str, 
     legend = [Patch(facecolor="white", edgecolor="black", hatch="//", label="teacher sublayer"),
               Patch(facecolor="white", edgecolor="black", label="replaced (downsized / linear)"),
               Line2D([], [], marker="x", color="black", linestyle="", label="skipped")]
-    fig.legend(handles=legend, fontsize=8, loc="outside lower center", ncol=3)
+    if any(layer[k]["op"] == "compressed" for layer in layers for k in KINDS):
+        legend.append(Patch(facecolor="white", edgecolor="black", hatch="..", label="compressed teacher (App. H)"))
+    fig.legend(handles=legend, fontsize=8, loc="outside lower center", ncol=len(legend))
     if title:
         fig.suptitle(title)
     return _save(fig, path)
