@@ -82,8 +82,17 @@ def test_compressed_linears_stay_frozen_in_the_student():
 
     spec = CompressedCandidate(method="gptq", bits=4, linears="second").spec()
     layers = [{"attn": spec, "mlp": {"op": "teacher"}}] + [{"attn": {"op": "teacher"}, "mlp": {"op": "teacher"}}] * 2
-    student = build_student(tiny_model("llama"), layers)
+    from unast_core.config import TrainConfig
+    from unast_core.train.finetune import finetune
+
+    teacher = tiny_model("llama")
+    student = build_student(teacher, layers)
     attn = student.student.model.layers[0].self_attn
     assert not attn.o_proj.weight.requires_grad and attn.q_proj.weight.requires_grad
     assert student.student.model.layers[1].self_attn.o_proj.weight.requires_grad
     assert describe(layers) == "cT TT TT"
+    o_before, q_before = attn.o_proj.weight.detach().clone(), attn.q_proj.weight.detach().clone()
+    tokens = torch.randint(1, 97, (4, 16), generator=torch.Generator().manual_seed(0))
+    finetune(student, teacher, tokens, tokens[:2], TrainConfig(steps=2, batch_size=2, lr_max=1e-2, lr_min=1e-3),
+             measure_before=False)
+    assert torch.equal(attn.o_proj.weight, o_before) and not torch.equal(attn.q_proj.weight, q_before)
