@@ -77,10 +77,19 @@ def _packed(cfg):
     return student, meta, packed_copy(student, flat, {"method": cfg.method, "layers": meta})
 
 
-@pytest.mark.parametrize("cfg", [CompressConfig(method="gptq", bits=3, group_size=16),
-                                 CompressConfig(method="sparsegpt", sparsity=0.5)], ids=["gptq3", "sparse50"])
-def test_packed_export_reloads_and_holds_appendix_d_bytes(tmp_path, cfg):
-    student, meta, stored = _packed(cfg)
+def _bytes_match_appendix_d(path, student, meta) -> None:
+    """On disk: Appendix D's bytes plus the scales and zeros (quantized) or 1 bit per weight of mask (sparse)."""
+    with safe_open(str(path), "pt") as f:
+        tensor_bytes = sum(f.get_tensor(k).nbytes for k in f.keys())
+    size = model_bytes(student, _blocks(student), meta)
+    extra = sum(m["shape"][0] * m["groups"] * 3 if m["kind"] == "quant" else -(-m["shape"][0] * m["shape"][1] // 8)
+                for m in meta.values())
+    padding = sum(-(m["shape"][0] * m["shape"][1] * m["bits"]) % 8 / 8 for m in meta.values() if m["kind"] == "quant")
+    assert tensor_bytes == size["bytes"] + extra + padding
+
+
+def test_sparse_packed_export_reloads_and_holds_appendix_d_bytes(tmp_path):
+    student, meta, stored = _packed(CompressConfig(method="sparsegpt", sparsity=0.5))
     ids = _tokens(2, seed=3)
     with torch.no_grad():  # the packed copy computes what the compressed student computes (the rest is 16-bit)
         assert torch.allclose(stored(ids).logits.float(), student(ids).logits, atol=0.05)
@@ -89,16 +98,12 @@ def test_packed_export_reloads_and_holds_appendix_d_bytes(tmp_path, cfg):
     assert reloaded.config.dtype == torch.bfloat16
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, stored(ids).logits)
-    with safe_open(str(out / "model.safetensors"), "pt") as f:
-        tensor_bytes = sum(f.get_tensor(k).nbytes for k in f.keys())
-    size = model_bytes(student, _blocks(student), meta)
-    # on disk: Appendix D's bytes plus the scales and zeros (quantized) or 1 bit per weight of mask (sparse)
-    extra = sum(m["shape"][0] * m["groups"] * 3 if m["kind"] == "quant" else -(-m["shape"][0] * m["shape"][1] // 8)
-                for m in meta.values())
-    padding = sum(-(m["shape"][0] * m["shape"][1] * m["bits"]) % 8 / 8 for m in meta.values() if m["kind"] == "quant")
-    assert tensor_bytes == size["bytes"] + extra + padding
+    _bytes_match_appendix_d(out / "model.safetensors", student, meta)
 
 
-def test_packed_export_loads_where_unast_is_not_installed(tmp_path):
-    _, _, stored = _packed(CompressConfig(method="gptq", bits=4, group_size=16))
+def test_quantized_packed_export_loads_where_unast_is_not_installed(tmp_path):
+    student, meta, stored = _packed(CompressConfig(method="gptq", bits=3, group_size=16))
+    with torch.no_grad():
+        assert torch.allclose(stored(_tokens(2)).logits.float(), student(_tokens(2)).logits, atol=0.05)
     assert_export_reloads(stored, tmp_path)
+    _bytes_match_appendix_d(tmp_path / "ckpt" / "model.safetensors", student, meta)
