@@ -18,7 +18,7 @@ from tasks.choose import pick, shortlist
 from tasks.cost import cost_table
 from tasks.evaluate import evaluate
 from tasks.prepare import prepare
-from tasks.ptq import post_compress
+from tasks.ptq import check_ptq, post_compress
 from tasks.report import check_outputs, score_figures, write_family
 from tasks.search import check_budget
 from unast_core.config import RunConfig, budget_name
@@ -31,6 +31,7 @@ def compress(config: RunConfig) -> dict[str, Any]:
         check_outputs(cfg)
         prep = run.stage("prepare", prepare, cfg.teacher, cfg.data, cfg.cost, cfg.method_pool(), cfg.compute,
                          run.home)
+        check_ptq(prep, cfg.ptq_settings())                                          # an n:m that fits
         lut = run.stage("cost", cost_table, prep, cfg.cost)                       # alone on the host
         for budget in run.budgets:                                                   # unreachable: stop now
             check_budget(lut, budget)

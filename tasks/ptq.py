@@ -7,11 +7,22 @@ from safetensors.torch import load_model, save_model
 
 from tasks.common import computing, progress, splits, teacher_for
 from unast_core.compress.apply import compress_model, model_bytes
+from unast_core.compress.spec import check_pattern
 from unast_core.config import CompressConfig
+from unast_core.errors import UnastError
 from unast_core.model.assemble import build_student
 from unast_core.model.modeling_unast import family_of, get_blocks
 from unast_core.records import Prepared, Trained
 from unast_core.store import atomic_path, content_key, read_json, write_json, write_tensors
+
+
+def check_ptq(prep: Prepared, cfg: CompressConfig | None) -> None:
+    """Stop before any work when an n:m pattern does not divide the teacher's widths (a config error)."""
+    if cfg is not None and cfg.method == "sparsegpt":
+        try:
+            check_pattern(cfg.sparsity, "both", prep.dims)
+        except ValueError as exc:
+            raise UnastError(f"invalid config field 'ptq.sparsity': {exc}") from None
 
 
 @task(name="post-compress", tags=["unast-compute"])

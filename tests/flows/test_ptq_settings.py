@@ -28,3 +28,15 @@ def test_n_m_survives_the_command_line_and_baselines_use_the_ptq_settings():
     assert config.ptq_settings().method == "sparsegpt" and not config.needs_scores()
     assert build_config("cpu", None, {}).ptq_settings() is None
     assert build_config("cpu", None, {"ptq.method": "gptq", "ptq.bits": 3}).ptq_settings().bits == 3
+
+
+def test_n_m_that_does_not_divide_the_teacher_stops_before_any_work():
+    from types import SimpleNamespace
+
+    from tasks.ptq import check_ptq
+
+    prep = SimpleNamespace(dims={"hidden_size": 32, "heads": 4, "head_dim": 8, "hidden": 50})
+    with pytest.raises(UnastError, match=r"invalid config field 'ptq.sparsity'.*multiple of 4; it is 50"):
+        check_ptq(prep, build_config("cpu", None, {"method": "sparsegpt", "ptq.sparsity": "3:4"}).ptq_settings())
+    check_ptq(prep, build_config("cpu", None, {"ptq.method": "gptq"}).ptq_settings())
+    check_ptq(prep, None)

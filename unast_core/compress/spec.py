@@ -24,3 +24,12 @@ def check_width(sparsity: float | str, columns: int) -> None:
     _, _, m = parse_sparsity(sparsity)
     if m and columns % m:
         raise ValueError(f"sparsity {sparsity!r} needs the input width to be a multiple of {m}; it is {columns}")
+
+
+def check_pattern(sparsity: float | str, linears: str, dims: dict[str, int]) -> None:
+    """An n:m pattern must divide the input width of every linear module it prunes: the model width for the
+    first linears (QKV, gate + up), the attention's heads x head dim and the MLP's hidden size for the second.
+    `dims` as `modeling_unast.teacher_dims` gives them."""
+    widths = {"first": [dims["hidden_size"]], "second": [dims["heads"] * dims["head_dim"], dims["hidden"]]}
+    for width in widths["first"] * (linears != "second") + widths["second"] * (linears != "first"):
+        check_width(sparsity, width)

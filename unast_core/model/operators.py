@@ -169,15 +169,11 @@ def resolve_pool(cfg: PoolConfig, config: Any, preset: str | None = None,
 
 
 def _check_pattern(method: str, sparsity: float | str, linears: str, dims: dict[str, int], field: str) -> None:
-    """An n:m pattern must divide the input width of every linear module it prunes."""
-    if method != "sparsegpt":
-        return
-    from unast_core.compress.spec import check_width
+    if method == "sparsegpt":
+        from unast_core.compress.spec import check_pattern
 
-    widths = {"first": [dims["hidden_size"]], "second": [dims["heads"] * dims["head_dim"], dims["hidden"]]}
-    for width in widths["first"] * (linears != "second") + widths["second"] * (linears != "first"):
         try:
-            check_width(sparsity, width)
+            check_pattern(sparsity, linears, dims)
         except ValueError as exc:
             raise _bad(field, str(exc)) from None
 

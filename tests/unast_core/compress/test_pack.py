@@ -62,3 +62,13 @@ def test_appendix_d_worked_examples():
     # UNAST 50% + SparseGPT 50%: (2.1B + 3.7B * 0.5) * 16 bits
     assert round(app_d_bytes(2.1e9, 3.7e9, sparsity=0.5) / GIB, 2) == 7.36
     assert app_d_bytes(1, 1) == 4
+
+
+def test_pattern_checks_the_widths_each_choice_of_linears_prunes():
+    from unast_core.compress.spec import check_pattern
+
+    dims = {"hidden_size": 32, "heads": 4, "head_dim": 8, "hidden": 50}
+    check_pattern("3:4", "first", dims)
+    for linears in ("second", "both"):
+        with pytest.raises(ValueError, match="multiple of 4; it is 50"):
+            check_pattern("3:4", linears, dims)
