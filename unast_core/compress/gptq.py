@@ -82,10 +82,18 @@ def rtn_quantize(weight: torch.Tensor, bits: int, group_size: int | None = None)
 
 def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, the form GPTQ / SparseGPT update with."""
-    h = hessian.double().clone()
-    h += damp * h.diagonal().mean() * torch.eye(len(h), dtype=h.dtype)
-    inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
-    return torch.linalg.cholesky(inv, upper=True).float()
+    h = hessian.double()
+    h = (h + h.T) / 2
+    eye = torch.eye(len(h), dtype=h.dtype)
+    # Inputs with a few huge channels (LLMs' "massive activations") leave H nearly singular in fp32 sums:
+    # raise the dampening tenfold until the factorisation exists (as GPTQ implementations do).
+    for attempt in range(6):
+        factor, info = torch.linalg.cholesky_ex(h + damp * 10 ** attempt * h.diagonal().mean() * eye)
+        if info == 0:
+            break
+    else:
+        raise torch.linalg.LinAlgError("the Hessian stays indefinite even with 1e5 x the dampening")
+    return torch.linalg.cholesky(torch.cholesky_inverse(factor), upper=True).float()
 
 
 def dead_columns(weight: torch.Tensor, hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -93,3 +93,12 @@ def test_sparsity_settings():
         check_width("3:4", 6)
     with pytest.raises(ValueError, match="multiple of 4"):
         sparsegpt_prune(torch.randn(8, 6), torch.eye(6), "3:4")
+
+
+def test_near_singular_hessian_gets_more_dampening_not_an_error():
+    """A few huge input channels (LLMs' massive activations) leave an fp32 Hessian indefinite in its small
+    directions; the factorisation raises the dampening until it exists."""
+    h = torch.diag(torch.tensor([1e8, 1.0, -1e-3, 1.0, 2.0, 1.0]))
+    w = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    q = gptq_quantize(w, h, 4, damp=1e-12)
+    assert torch.isfinite(q.weight).all()
