@@ -25,6 +25,12 @@ class _Stop(Exception):
     pass
 
 
+def _exact(t: torch.Tensor) -> torch.autocast:
+    """The algorithms' own arithmetic in fp32 even when the calibration forward runs under autocast: a bf16
+    Hessian of SmolLM2's activations was indefinite, and GPTQ's error feedback needs the precision."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def body_linears(blocks: nn.ModuleList) -> dict[str, nn.Linear]:
     """{"3.self_attn.q_proj": Linear, ...}: every nn.Linear inside the blocks, named from the block list."""
     return {name: m for name, m in blocks.named_modules() if isinstance(m, nn.Linear)}
@@ -84,7 +90,8 @@ def _hessians(block: nn.Module, linears: dict[str, nn.Linear], hs: list[torch.Te
 
     def hook(name: str):
         def record(module: nn.Module, args: tuple) -> None:
-            state[name] = accumulate_hessian(args[0], *state[name])
+            with _exact(args[0]):
+                state[name] = accumulate_hessian(args[0], *state[name])
         return record
 
     handles = [layer.register_forward_pre_hook(hook(name)) for name, layer in linears.items()]
@@ -132,8 +139,9 @@ def compress_model(model: nn.Module, blocks: nn.ModuleList, tokens: torch.Tensor
         linears = {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
         hessians = _hessians(block, linears, hs, kws[b]) if needs_data else {}
         for name, layer in linears.items():
-            stored, packed[f"{b}.{name}"], meta[f"{b}.{name}"] = compress_weight(layer.weight.detach(),
-                                                                                 hessians.get(name), cfg)
+            with _exact(layer.weight):
+                stored, packed[f"{b}.{name}"], meta[f"{b}.{name}"] = compress_weight(layer.weight.detach(),
+                                                                                     hessians.get(name), cfg)
             layer.weight.data.copy_(stored.to(layer.weight.dtype))
         if needs_data:
             hs = [_run_block(block, h, kw) for h, kw in zip(hs, kws[b])]

@@ -107,3 +107,17 @@ def test_quantized_packed_export_loads_where_unast_is_not_installed(tmp_path):
         assert torch.allclose(stored(_tokens(2)).logits.float(), student(_tokens(2)).logits, atol=0.05)
     assert_export_reloads(stored, tmp_path)
     _bytes_match_appendix_d(tmp_path / "ckpt" / "model.safetensors", student, meta)
+
+
+def test_the_algorithms_run_in_fp32_under_autocast():
+    """Calibration forwards may run under bf16 autocast; the Hessians (and GPTQ's updates) must not."""
+    from unast_core.compress.apply import _exact
+    from unast_core.compress.gptq import accumulate_hessian
+
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with _exact(x):
+            exact, _ = accumulate_hessian(x)
+        rounded, _ = accumulate_hessian(x)
+    assert torch.allclose(exact, 2 * x.T @ x / 64, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(rounded, exact, rtol=1e-5, atol=1e-6)
