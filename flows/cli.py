@@ -65,7 +65,7 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="e.g. latency=0.75; latency=0.8,0.6,0.5 builds one model per value "
                         "into DIR/latency-0.8/ ...; repeat the flag for several constraints at once")
     parser.add_argument("--method", help="unast (default) or a baseline: unast-depth, shortgpt, shortened-llama, uniform, "
-                        "random-init")
+                        "random-init, gptq, sparsegpt, rtn (the teacher compressed with the ptq.* settings)")
     parser.add_argument("--output", help="directory for the exported checkpoint and results.json")
     parser.add_argument("--config", type=Path, help="YAML file of settings")
     parser.add_argument("--home", help="run store and MLflow database (default .unast)")
@@ -127,7 +127,9 @@ def _overrides(args: argparse.Namespace) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise UnastError(f"--set {item}: expected KEY=VALUE, e.g. finetune.steps=10")
-        overrides[key] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        # YAML 1.1 reads 2:4 as the base-60 integer 124; an n:m setting (ptq.sparsity=2:4) stays a string
+        overrides[key] = value if isinstance(parsed, int) and ":" in value else parsed
     if args.model:
         overrides["teacher.model"] = args.model
     if args.budget:

@@ -20,6 +20,7 @@ from tasks.cost import cost_table
 from tasks.disk import check_disk
 from tasks.evaluate import evaluate
 from tasks.prepare import prepare
+from tasks.ptq import check_ptq, post_compress
 from tasks.report import check_outputs, score_figures, write_family
 from tasks.search import check_budget
 from unast_core.config import RunConfig, budget_name
@@ -39,6 +40,7 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
         prep = run.stage("prepare", prepare, cfg.teacher, cfg.data, cfg.cost, cfg.method_pool(), cfg.compute,
                          run.home, cfg.search.target)
         check_disk(prep, cfg)                                                       # a warning when short
+        check_ptq(prep, cfg.ptq_settings())                                          # an n:m that fits
         lut = run.stage("cost", cost_table, prep, cfg.cost)                       # alone on the host
         for budget in run.budgets:                                                   # unreachable: stop now
             check_budget(lut, budget)
@@ -55,6 +57,9 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
             trials = run.stage(f"{name}/select", select, prep, short, cfg, wall=wall)              # fanned out
             choice = pick(short, trials)
             final = run.stage(f"{name}/finetune", finetune, prep, choice, cfg, wall=wall)
+            if cfg.ptq_settings():                                                    # Section 5.3: on top
+                final = run.stage(f"{name}/ptq", post_compress, prep, final, cfg.ptq_settings(),
+                                  cfg.evaluate.batch_size, wall=wall)
             measured = run.stage(f"{name}/evaluate", evaluate, prep, final, cfg.evaluate, cfg.cost, wall=wall)
             run.stage(f"{name}/export", export, run, prep, budget, choice, final, measured, distilled, figures, scores,
                       wall, wall=wall)

@@ -6,7 +6,7 @@ from prefect import task
 from tasks.common import on_device, teacher_for, timing
 from unast_core.config import CostConfig
 from unast_core.records import CostTable, Prepared
-from unast_core.search.cost import architecture_params, build_lut
+from unast_core.search.cost import add_size_costs, architecture_params, build_lut
 from unast_core.search.latency import MEASUREMENT, measure_ratios, resolve_device
 from unast_core.integrity import intact
 from unast_core.locks import unit_lock
@@ -39,7 +39,10 @@ def cost_table(prep: Prepared, cfg: CostConfig) -> CostTable:
                                                 *prep.deploy_key()))
     with unit_lock(path):
         if intact(path):
-            return _record(path, read_json(path), True)
+            lut = read_json(path)
+            if "size" not in lut["costs"]:  # stored before the size cost existed: sizes need no timing
+                write_json(path, add_size_costs(lut, teacher_for(prep.teacher).model))
+            return _record(path, lut, True)
         with timing(), deployed(prep.deploy_dtype, teacher_for(prep.teacher).model) as (model,), \
                 on_device(device, model):
             lut = build_lut(model, prep.pool, cfg.regime, cfg.warmup, cfg.repeats, cfg.calibration_samples,

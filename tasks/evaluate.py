@@ -7,6 +7,7 @@ from prefect import task
 from safetensors.torch import load_model
 
 from tasks.common import computing, on_device, splits, teacher_for, timing
+from unast_core.compress.export import packed_copy
 from unast_core.config import CostConfig, EvalConfig
 from unast_core.model.assemble import build_student
 from unast_core.records import Evaluation, Exported, Prepared, Trained
@@ -14,7 +15,7 @@ from unast_core.report.card import model_card
 from unast_core.integrity import recorded_sha256, tree_intact
 from unast_core.locks import unit_lock
 from unast_core.report.export import export_checkpoint
-from unast_core.store import read_json, write_json, write_text
+from unast_core.store import read_json, read_tensors, write_json, write_text
 from unast_core.search.latency import latency_vs_teacher, resolve_device, student_latency
 from unast_core.train.losses import compare_to_teacher
 from unast_core.train.precision import DTYPES, deployed
@@ -66,7 +67,7 @@ def export(prep: Prepared, trained: Trained, results: dict, out_dir: str, genera
     with unit_lock(out_dir):
         stamp = Path(out_dir) / EXPORT_SOURCE
         source = {"weights": trained.weights, "sha256": recorded_sha256(Path(trained.weights)),
-                  "generate_tokens": generate_tokens, "dtype": prep.deploy_dtype}
+                  "generate_tokens": generate_tokens, "dtype": prep.deploy_dtype, "compression": trained.compression}
         if stamp.exists() and tree_intact(out_dir) and read_json(stamp) == source:  # a corrupt file: warned, redone
             sample = read_json(Path(out_dir) / "results.json").get("sample", "")
             write_text(Path(out_dir) / "README.md", model_card({**results, "sample": sample}))
@@ -80,7 +81,11 @@ def export(prep: Prepared, trained: Trained, results: dict, out_dir: str, genera
             prompt = teacher.tokenizer("The Python language", return_tensors="pt").input_ids
             ids = student.generate(prompt, max_new_tokens=generate_tokens, do_sample=False)
             sample = teacher.tokenizer.decode(ids[0], skip_special_tokens=True)
-        student.to(DTYPES[prep.deploy_dtype])  # saved as deployed (bf16 halves the checkpoint)
+        if trained.compression:  # body linears packed, everything else 16-bit (Appendix D)
+            student = packed_copy(student, read_tensors(Path(trained.compression["packed"])),
+                                  {k: v for k, v in trained.compression.items() if k != "packed"})
+        else:
+            student.to(DTYPES[prep.deploy_dtype])  # saved as deployed (bf16 halves the checkpoint)
         export_checkpoint(student, teacher.tokenizer, Path(out_dir), model_card({**results, "sample": sample}),
                           {**results, "sample": sample})
         write_json(stamp, source)

@@ -11,10 +11,12 @@ from prefect import task
 from tasks.evaluate import export
 from unast_core.config import RunConfig, budget_name
 from unast_core.records import Choice, CostTable, Distilled, DistillReport, Evaluation, Prepared, ScoreTable, Trained, weights_matrix
+from unast_core.compress.export import compression_summary
 from unast_core.report.card import distill_summary, student_results
 from unast_core.report.figures import architecture_chart, cost_score_scatter, scatter_points, sublayer_error_chart
 from unast_core.report.findings import sensitivity_chart
 from unast_core import faults
+from unast_core.report.tolerance import tolerance_chart
 from unast_core.store import atomic_path, check_output_dir, copy_tree, read_json, write_json
 
 
@@ -48,7 +50,9 @@ def score_figures(scores: ScoreTable, lut: CostTable, distilled: DistillReport |
     errors = {"sublayer_errors": distilled.figure} if distilled and distilled.figure else {}
     return {**errors, "cost_vs_score": cost_score_scatter(scatter_points(table, costs), f"{stem}.scatter.png",
                                                 f"Candidates: latency vs score ({lut.device}, {lut.regime['kind']})"),
-            "sensitivity": sensitivity_chart(table, f"{stem}.sensitivity.png", "Score of skipping (and linear) per block")}
+            "sensitivity": sensitivity_chart(table, f"{stem}.sensitivity.png", "Score of skipping (and linear) per block"),
+            **({"compression_tolerance": tolerance_chart(table, f"{stem}.tolerance.png", "Compressed teacher "
+                "sublayers: score per block (Appendix H)")} if any(s["op"] == "compressed" for s in table["pool"]) else {})}
 
 
 @task(name="export-model")
@@ -62,6 +66,8 @@ def export_model(prep: Prepared, config: RunConfig, budget: dict[str, float], ch
                               run_info)
     final_dir = Path(prep.run_dir) / "final" / choice.stem
     results["sample"] = export.fn(prep, final, results, str(final_dir), config.evaluate.generate_tokens).sample
+    if final.compression:
+        results["compression"] = compression_summary(final.compression, final_dir / "model.safetensors")
     faults.point("export")
     copy_tree(final_dir, Path(out_dir))
     if config.export.gguf or config.export.nemotron_nas:

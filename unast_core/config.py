@@ -22,7 +22,8 @@ from pydantic import (
 
 from unast_core.errors import UnastError
 
-BUDGET_KINDS = ("latency", "params", "memory")  # memory: weights + KV cache at the regime's batch x seq_len
+# memory: weights + KV cache at the regime's batch x seq_len; size: stored bytes as Appendix D counts them
+BUDGET_KINDS = ("latency", "params", "memory", "size")
 
 
 class _Strict(BaseModel):
@@ -84,6 +85,29 @@ class MlpCandidate(_Strict):
     hidden: Width = Field(..., gt=0, description="MLP hidden (expansion) size")
 
 
+class CompressedCandidate(_Strict):
+    """A compressed copy of the teacher's sublayer (Appendix H): its first linear module(s) (QKV, or gate + up),
+    its second (attention output, or down) or both, by GPTQ / round-to-nearest at `bits` or SparseGPT at
+    `sparsity`; calibrated on the stored teacher states, not distilled."""
+
+    method: Literal["gptq", "sparsegpt", "rtn"]
+    bits: Literal[2, 3, 4, 8] = 4
+    sparsity: float | str = 0.5
+    linears: Literal["first", "second", "both"] = "both"
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity(cls, sparsity: float | str) -> float | str:
+        from unast_core.compress.spec import parse_sparsity
+
+        parse_sparsity(sparsity)
+        return sparsity
+
+    def spec(self) -> dict[str, Any]:
+        how = {"sparsity": self.sparsity} if self.method == "sparsegpt" else {"bits": self.bits}
+        return {"op": "compressed", "method": self.method, **how, "linears": self.linears}
+
+
 class PoolConfig(_Strict):
     """The candidate operators of every sublayer (paper Section 4.2). Teacher-dependent checks (heads that
     divide, sizes below the teacher's) run when the teacher is loaded and name the field."""
@@ -91,6 +115,9 @@ class PoolConfig(_Strict):
     ops: list[Literal["teacher", "identity", "linear"]] = ["teacher", "identity", "linear"]
     attention: list[AttentionCandidate] = Field(default_factory=lambda: [AttentionCandidate(heads=1 / 3)])
     mlp: list[MlpCandidate] = Field(default_factory=lambda: [MlpCandidate(hidden=0.5)])
+    compressed: list[CompressedCandidate] = Field(default_factory=list, description="compressed copies of the "
+                                                  "teacher's sublayers (Appendix H), e.g. [{method: gptq, bits: 4, "
+                                                  "linears: both}]")
     init: Literal["teacher", "random"] = Field("teacher", description="downsized / linear candidates start from "
                                                "the teacher (importance + least squares) or at random")
 
@@ -266,7 +293,32 @@ class TrackingConfig(_Strict):
         return uri
 
 
+class CompressConfig(_Strict):
+    """Post-training compression of the body's linear layers (Section 5.3, Table 5): on top of the finetuned
+    student (`ptq.method`), or on the teacher alone (`--method gptq | sparsegpt | rtn`, with these settings).
+    Calibrated on the compressed model's own activations, block by block; embedding and head stay 16-bit."""
+
+    method: Literal["gptq", "sparsegpt", "rtn"] | None = Field(None, description="None: no compression")
+    bits: Literal[2, 3, 4, 8] = Field(4, description="gptq / rtn: bits per weight")
+    group_size: int | None = Field(128, gt=0, description="gptq / rtn: input columns per scale and zero point "
+                                   "(None: one per output row)")
+    act_order: bool = Field(False, description="gptq: quantize columns of largest Hessian diagonal first")
+    sparsity: float | str = Field(0.5, description="sparsegpt: fraction of zeros (0.5) or n:m (2:4: 2 zeros in "
+                                  "every 4 weights)")
+    damp: float = Field(0.01, gt=0, lt=1, description="Hessian dampening, a fraction of its mean diagonal")
+    calibration_seqs: int = Field(32, gt=0, description="calibration sequences the Hessians are taken on")
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity(cls, sparsity: float | str) -> float | str:
+        from unast_core.compress.spec import parse_sparsity
+
+        parse_sparsity(sparsity)
+        return sparsity
+
+
 METHODS = ("unast", "unast-depth", "shortgpt", "shortened-llama", "uniform", "random-init")
+PTQ_METHODS = ("gptq", "sparsegpt", "rtn")  # baselines: the teacher alone, compressed with the ptq settings
 
 
 class BaselineConfig(_Strict):
@@ -283,10 +335,11 @@ class BaselineConfig(_Strict):
 
 class RunConfig(_Strict):
     preset: Literal["smoke", "cpu", "paper"] = "cpu"
-    method: Literal[METHODS] = Field("unast", description="unast; or a baseline on the same teacher, data and "
+    method: Literal[METHODS + PTQ_METHODS] = Field("unast", description="unast; or a baseline on the same teacher, data and "
                                      "finetune: unast-depth (pool teacher + identity), shortgpt (block influence), "
                                      "shortened-llama (per-block perplexity), uniform (one width everywhere), "
-                                     "random-init (the UNAST architecture trained from scratch)")
+                                     "random-init (the UNAST architecture trained from scratch); gptq, sparsegpt, rtn (the teacher "
+                                     "compressed with the ptq settings)")
     baseline: BaselineConfig = BaselineConfig()
     teacher: TeacherConfig = TeacherConfig()
     data: DataConfig = DataConfig()
@@ -304,6 +357,7 @@ class RunConfig(_Strict):
     finetune: TrainConfig = TrainConfig(steps=96, lm_weight=0.0, lr_max=3e-4, lr_min=3e-5)
     evaluate: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
+    ptq: CompressConfig = CompressConfig()
     compute: ComputeConfig = ComputeConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -342,6 +396,12 @@ class RunConfig(_Strict):
         if self.method == "unast-depth":
             return PoolConfig(ops=["teacher", "identity"], attention=[], mlp=[], init=self.pool.init)
         return self.pool
+
+    def ptq_settings(self) -> CompressConfig | None:
+        """The compression applied after the final finetune: `ptq`, or the PTQ baseline's method on the teacher."""
+        if self.method in PTQ_METHODS:
+            return self.ptq.model_copy(update={"method": self.method})
+        return self.ptq if self.ptq.method else None
 
     def needs_scores(self) -> bool:
         """Whether the method searches the score table (so distillation and scoring must run)."""

@@ -219,6 +219,7 @@ class Trained(Record):
     dtype: str = "float32"
     wall_s: float = 0.0
     curve: list[dict[str, float]] = []
+    compression: dict[str, Any] | None = None   # post-training compression (tasks.ptq): packed file, layers, size
 
     def require_ok(self, what: str) -> "Trained":
         if self.status != "ok":

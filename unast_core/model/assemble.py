@@ -25,8 +25,8 @@ def layers_from_choice(choice: list[int], pool: list[dict[str, Any]]) -> Layers:
 
 def describe(layers: Layers) -> str:
     """Compact architecture string, one char per sublayer: T teacher, - skipped, L linear, a / m downsized
-    attention / MLP."""
-    glyph = {"teacher": "T", "identity": "-", "linear": "L", "attention": "a", "mlp": "m"}
+    attention / MLP, c compressed teacher sublayer."""
+    glyph = {"teacher": "T", "identity": "-", "linear": "L", "attention": "a", "mlp": "m", "compressed": "c"}
     return " ".join("".join(glyph.get(layer[k]["op"], "?") for k in SUBLAYER_KINDS) for layer in layers)
 
 
@@ -37,6 +37,18 @@ def student_config(teacher_config, layers: Layers) -> UnastConfig:
                        tie_word_embeddings=getattr(teacher_config, "tie_word_embeddings", False),
                        eos_token_id=teacher_config.eos_token_id, bos_token_id=teacher_config.bos_token_id,
                        pad_token_id=teacher_config.pad_token_id)
+
+
+def freeze_compressed(adapter: Adapter, layers: Layers) -> None:
+    """A compressed teacher sublayer's compressed linears keep their quantization grid / zeros: no finetune
+    step moves them (Appendix H candidates are calibrated, never trained)."""
+    from unast_core.compress.candidates import linears_of
+
+    for sub in adapter.sublayers:
+        spec = layers[sub.block][sub.kind]
+        if spec["op"] == "compressed":
+            for layer in linears_of(adapter.modules_of(sub)[adapter.family[sub.kind]], spec["linears"]).values():
+                layer.weight.requires_grad_(False)
 
 
 def build_student(teacher: nn.Module, layers: Layers, weights: dict[str, str] | None = None) -> UnastForCausalLM:
@@ -56,6 +68,7 @@ def build_student(teacher: nn.Module, layers: Layers, weights: dict[str, str] | 
         if sub.index not in given:
             raise RuntimeError(f"sublayer {sub.name} uses {spec['op']} but no trained weights were given")
         load_candidate_state(adapter.modules_of(sub), read_tensors(Path(given[sub.index])))
+    freeze_compressed(adapter, layers)
     student.student.config._attn_implementation = teacher.config._attn_implementation
     return student.to(dtype=next(teacher.parameters()).dtype).eval()
 

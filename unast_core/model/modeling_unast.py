@@ -41,7 +41,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
 SUBLAYER_KINDS = ("attn", "mlp")
 # Operators: teacher (kept), identity (skipped), linear (one H x H layer), attention (fewer query / KV heads
 # and / or a smaller head dim: {"heads", "kv_heads", "head_dim"}), mlp (a smaller hidden size: {"hidden"}).
-OPS = ("teacher", "identity", "linear", "attention", "mlp")
+# compressed: the teacher's own sublayer, its linear weights compressed (loaded over a copy).
+OPS = ("teacher", "identity", "linear", "attention", "mlp", "compressed")
 
 
 def family_of(config: PretrainedConfig) -> dict[str, Any]:
@@ -229,6 +230,8 @@ def build_operator(block: nn.Module, family: dict[str, Any], kind: str, spec: di
     out = dict(current)
     if op == "teacher":
         pass
+    elif op == "compressed":
+        out["op"] = copy.deepcopy(current["op"])
     elif op in ("identity", "linear"):
         layer_idx = getattr(current["op"], "layer_idx", 0)
         hidden = config.hidden_size
@@ -268,15 +271,71 @@ def apply_choices(model: nn.Module, layers: list[dict[str, dict[str, Any]]]) -> 
     return model
 
 
+def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
+    """uint8 bytes -> the first `numel` integers of `bits` each, least significant bit first: int64 (numel,)."""
+    stream = (packed.to(torch.int64)[:, None] >> torch.arange(8, device=packed.device)) & 1
+    stream = stream.reshape(-1)[:numel * bits].reshape(numel, bits)
+    return (stream << torch.arange(bits, device=packed.device)).sum(1)
+
+
+class PackedLinear(nn.Module):
+    """A body linear layer stored compressed (paper Section 5.3): `kind` "quant" keeps `bits`-bit codes
+    (`qweight`, packed) with an fp16 `scale` and integer `zero` per row and group of `group_size` inputs;
+    "sparse" keeps its `nnz` non-zeros (`values`) and a 1-bit `mask`. The dense weight is rebuilt once, on
+    first use: there is no int4 or sparse kernel here, so it runs as fast as the dense layer."""
+
+    def __init__(self, meta: dict[str, Any], bias: bool):
+        super().__init__()
+        self.meta = meta
+        out, inp = meta["shape"]
+        self.out_features, self.in_features = out, inp
+        if meta["kind"] == "quant":
+            self.register_buffer("qweight", torch.zeros(-(-out * inp * meta["bits"] // 8), dtype=torch.uint8))
+            self.register_buffer("scale", torch.zeros(out, meta["groups"], dtype=torch.float16))
+            self.register_buffer("zero", torch.zeros(out, meta["groups"], dtype=torch.uint8))
+        else:
+            self.register_buffer("values", torch.zeros(meta["nnz"], dtype=torch.bfloat16))
+            self.register_buffer("mask", torch.zeros(-(-out * inp // 8), dtype=torch.uint8))
+        self.bias = nn.Parameter(torch.zeros(out)) if bias else None
+        self._dense: torch.Tensor | None = None
+
+    def dense_weight(self) -> torch.Tensor:
+        """The (out, in) weight in fp32, rebuilt from the stored form."""
+        out, inp = self.meta["shape"]
+        if self.meta["kind"] == "sparse":
+            kept = unpack_bits(self.mask, 1, out * inp).bool().reshape(out, inp)
+            return torch.zeros(out, inp, device=kept.device).masked_scatter(kept, self.values.float())
+        codes = unpack_bits(self.qweight, self.meta["bits"], out * inp).reshape(out, inp).float()
+        size = self.meta["group_size"] or inp
+        scale = self.scale.float().repeat_interleave(size, dim=1)[:, :inp]
+        zero = self.zero.float().repeat_interleave(size, dim=1)[:, :inp]
+        return scale * (codes - zero)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._dense is None or self._dense.dtype != x.dtype or self._dense.device != x.device:
+            self._dense = self.dense_weight().to(x.device, x.dtype)
+        return nn.functional.linear(x, self._dense, None if self.bias is None else self.bias.to(x.dtype))
+
+
+def pack_linears(blocks: nn.ModuleList, layers: dict[str, dict[str, Any]]) -> None:
+    """Swap the body linears named in `layers` ("3.mlp.down_proj": metadata) for `PackedLinear`s."""
+    for name, meta in layers.items():
+        parent, _, leaf = name.rpartition(".")
+        owner = blocks.get_submodule(parent)
+        setattr(owner, leaf, PackedLinear(meta, getattr(owner, leaf).bias is not None))
+
+
 class UnastConfig(PretrainedConfig):
     """The teacher's configuration (`base_config`) plus the per-block operator choices (`unast_layers`)."""
 
     model_type = "unast"
 
     def __init__(self, base_config: dict[str, Any] | None = None,
-                 unast_layers: list[dict[str, dict[str, Any]]] | None = None, **kwargs: Any):
+                 unast_layers: list[dict[str, dict[str, Any]]] | None = None,
+                 unast_compression: dict[str, Any] | None = None, **kwargs: Any):
         self.base_config = base_config or {}
         self.unast_layers = unast_layers or []
+        self.unast_compression = unast_compression  # {"method", ..., "layers": {body linear: PackedLinear meta}}
         super().__init__(**kwargs)
 
     def to_base_config(self) -> PretrainedConfig:
@@ -298,6 +357,8 @@ class UnastForCausalLM(PreTrainedModel):
         # One dtype throughout: from_pretrained sets the default dtype to the checkpoint's (`dtype="auto"`), but
         # the inner model follows its own config's dtype (the teacher's), and the replaced sublayers the default.
         self.student.to(torch.get_default_dtype())
+        if config.unast_compression:  # after the cast: the packed buffers keep their own dtypes
+            pack_linears(get_blocks(self.student, family_of(self.student.config)), config.unast_compression["layers"])
         self.post_init()
 
     def forward(self, *args: Any, **kwargs: Any):

@@ -161,8 +161,21 @@ def resolve_pool(cfg: PoolConfig, config: Any, preset: str | None = None,
         if hidden >= full:
             raise _bad(field, f"{hidden} is not smaller than the teacher's MLP hidden size {full}")
         specs.append({"op": "mlp", "hidden": hidden})
+    for i, cand in enumerate(cfg.compressed):
+        _check_pattern(cand.method, cand.sparsity, cand.linears, dims, f"pool.compressed.{i}.sparsity")
+        specs.append(cand.spec())
     unique = {OpSpec.of(s).name: s for s in reversed(specs)}
     return [s for s in specs if unique.get(OpSpec.of(s).name) is s]
+
+
+def _check_pattern(method: str, sparsity: float | str, linears: str, dims: dict[str, int], field: str) -> None:
+    if method == "sparsegpt":
+        from unast_core.compress.spec import check_pattern
+
+        try:
+            check_pattern(sparsity, linears, dims)
+        except ValueError as exc:
+            raise _bad(field, str(exc)) from None
 
 
 # --- running one sublayer from a stored residual state ----------------------------------------------
@@ -282,6 +295,8 @@ def init_operator(runner: SublayerRunner, spec: dict[str, Any], h: torch.Tensor,
         return own_copy(runner, _init_mlp(runner, spec, h))
     if op == "attention":
         return own_copy(runner, _init_attention(runner, spec, h))
+    if op == "compressed":
+        return own_copy(runner, _init_compressed(runner, spec, h))
     raise ValueError(f"operator {op!r} is not trained")
 
 
@@ -352,6 +367,19 @@ def _init_attention(runner: SublayerRunner, spec: dict[str, Any], h: torch.Tenso
     new_out = _out_proj(modules[runner.op_name()])
     rec_new = _recorded(runner, h, modules, {"o_in": (new_out, True)})
     _set_linear(new_out, *ridge(rec_new["o_in"], rec["out"], bias=getattr(new_out, "bias", None) is not None))
+    return modules
+
+
+def _init_compressed(runner: SublayerRunner, spec: dict[str, Any], h: torch.Tensor) -> Modules:
+    """The teacher's sublayer with the linear modules `spec["linears"]` compressed by `spec["method"]`,
+    calibrated on their inputs when the teacher's sublayer runs on h (Appendix H: no distillation)."""
+    from unast_core.compress.candidates import compress_linears, linears_of, settings
+
+    teacher_op = runner.teacher_modules()[runner.op_name()]
+    taps = {name: (layer, True) for name, layer in linears_of(teacher_op, spec["linears"]).items()}
+    rec = _recorded(runner, h, None, taps)
+    modules = runner.adapter.build(runner.index, spec)
+    compress_linears(linears_of(modules[runner.op_name()], spec["linears"]), rec, settings(spec))
     return modules
 
 

@@ -12,10 +12,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-Op = Literal["teacher", "identity", "linear", "attention", "mlp"]
-OPS = ("teacher", "identity", "linear", "attention", "mlp")
+Op = Literal["teacher", "identity", "linear", "attention", "mlp", "compressed"]
+OPS = ("teacher", "identity", "linear", "attention", "mlp", "compressed")
 KINDS = ("attn", "mlp")
-TRAINED_OPS = ("linear", "attention", "mlp")
+# Operators whose weights a per-candidate task makes (distilled; a compressed teacher sublayer is calibrated,
+# not distilled: Appendix H).
+TRAINED_OPS = ("linear", "attention", "mlp", "compressed")
 
 
 class OpSpec(BaseModel):
@@ -26,6 +28,12 @@ class OpSpec(BaseModel):
     kv_heads: int | None = None    # attention: key/value heads (GQA groups)
     head_dim: int | None = None    # attention: channels per head
     hidden: int | None = None      # mlp: hidden (expansion) size
+    # compressed: the teacher's sublayer with its first (QKV / gate+up), second (output / down) or both
+    # linear modules compressed by GPTQ / SparseGPT / round-to-nearest (Appendix H)
+    method: Literal["gptq", "sparsegpt", "rtn"] | None = None
+    bits: int | None = None
+    sparsity: float | str | None = None
+    linears: Literal["first", "second", "both"] | None = None
 
     @classmethod
     def of(cls, spec: "OpSpec | dict[str, Any]") -> "OpSpec":
@@ -45,7 +53,14 @@ class OpSpec(BaseModel):
             return f"attn-h{self.heads}-kv{self.kv_heads}-d{self.head_dim}"
         if self.op == "mlp":
             return f"mlp-{self.hidden}"
+        if self.op == "compressed":
+            return f"{self._how.replace(':', 'of').replace(' ', '')}-{self.linears}"
         return self.op
+
+    @property
+    def _how(self) -> str:
+        """"gptq4", "rtn8", "sparsegpt 2:4", "sparsegpt 0.5"."""
+        return f"sparsegpt {self.sparsity}" if self.method == "sparsegpt" else f"{self.method}{self.bits}"
 
     @property
     def label(self) -> str:
@@ -56,6 +71,8 @@ class OpSpec(BaseModel):
             return f"attn h{self.heads}/kv{self.kv_heads}/d{self.head_dim}"
         if self.op == "mlp":
             return f"mlp {self.hidden}"
+        if self.op == "compressed":
+            return f"{self._how} {self.linears}"
         return self.op
 
     @property
@@ -73,7 +90,7 @@ class OpSpec(BaseModel):
 
     @property
     def category(self) -> str:
-        """teacher | identity | linear | narrower (a downsized attention or MLP)."""
+        """teacher | identity | linear | narrower (a downsized attention or MLP) | compressed."""
         return "narrower" if self.op in ("attention", "mlp") else self.op
 
 

@@ -126,6 +126,15 @@ def _figure_links(results: dict[str, Any]) -> str:
     return "## Figures\n\n" + "\n".join(f"![{name}]({path})" for name, path in figures.items()) + "\n\n"
 
 
+def _compression_line(c: dict[str, Any]) -> str:
+    """Post-training compression (Section 5.3): what, the Appendix D size and the bytes on disk."""
+    what = f"SparseGPT {c['sparsity']}" if c["method"] == "sparsegpt" else \
+        f"{c['method'].upper()} {c['bits']}-bit" + (f", groups of {c['group_size']}" if c.get("group_size") else "")
+    return (f"compression     {what} on {c['layers']} body linears: size {c['app_d_bytes'] / 2**30:.4f} GB "
+            f"(Appendix D, ratio {c['size_ratio']:.3f}), {c['disk_bytes'] / 2**30:.4f} GB on disk; no int4 / sparse "
+            "kernel here, so no speed-up from it")
+
+
 def console_summary(results: dict[str, Any]) -> str:
     t, s = results["teacher"], results["student"]
     lines = [
@@ -144,6 +153,11 @@ def console_summary(results: dict[str, Any]) -> str:
         f"KL to teacher   {s['kl_to_teacher']:.4f} nats/token",
         f"export          {results['output']}",
     ]
+    if results.get("compression"):
+        lines.insert(-1, _compression_line(results["compression"]))
+    if "size" in (results.get("predicted_ratio") or {}):  # exact, like params (Appendix D bytes)
+        lines.insert(-1, f"size ratio      {results['predicted_ratio']['size']:.3f} (Appendix D stored bytes: "
+                         "16-bit weights, compressed teacher sublayers at their bits / non-zeros)")
     if results.get("mlflow"):
         m = results["mlflow"]
         where = "" if m["tracking_uri"].startswith(("http://", "https://")) else \
@@ -179,7 +193,11 @@ def _findings_section(results: dict[str, Any]) -> list[str]:
         found = findings_for(results)
     except (KeyError, TypeError, ValueError) as e:  # a table that does not match the architecture: say so, don't fail
         return ["", "## Findings", "", f"not computed: {type(e).__name__}: {e}"]
-    return [] if found is None else ["", findings_markdown(found)]
+    parts = [] if found is None else ["", findings_markdown(found)]
+    from unast_core.report.tolerance import tolerance_for, tolerance_markdown
+
+    tolerated = tolerance_for(results)
+    return parts + (["", tolerance_markdown(tolerated)] if tolerated and tolerated["candidates"] else [])
 
 
 def _positions(n_blocks: int) -> dict[str, int]:

@@ -50,7 +50,7 @@ def width_fraction(spec: dict[str, Any], kind: str, dims: dict[str, int]) -> flo
         mlp        3*H*hidden                                        (gate, up, down)
     """
     op, h = spec["op"], dims["hidden_size"]
-    if op == "teacher":
+    if op in ("teacher", "compressed"):  # a compressed teacher sublayer keeps the teacher's width
         return 1.0
     if op == "identity":
         return 0.0
@@ -81,6 +81,8 @@ def architecture_chart(layers: list[dict[str, dict[str, Any]]], dims: dict[str, 
         for bar, spec in zip(bars, specs):
             if spec["op"] == "teacher":
                 bar.set_hatch("//")
+            elif spec["op"] == "compressed":
+                bar.set_hatch("..")
         skipped = [b for b, s in zip(blocks, specs) if s["op"] == "identity"]
         if skipped:  # an empty unclipped line has no extent, and constrained layout collapsed the axes around it
             ax.plot(skipped, [0.0] * len(skipped), "x", color="black", markersize=7, clip_on=False)
@@ -92,6 +94,8 @@ def architecture_chart(layers: list[dict[str, dict[str, Any]]], dims: dict[str, 
     legend = [Patch(facecolor="white", edgecolor="black", hatch="//", label="teacher sublayer"),
               Patch(facecolor="white", edgecolor="black", label="replaced (downsized / linear)"),
               Line2D([], [], marker="x", color="black", linestyle="", label="skipped")]
+    if any(layer[k]["op"] == "compressed" for layer in layers for k in KINDS):
+        legend.append(Patch(facecolor="white", edgecolor="black", hatch="..", label="compressed teacher (App. H)"))
     fig.legend(handles=legend, fontsize=8, loc="outside lower center", ncol=3)
     if title:  # wrapped to the figure's width: a wider title leaves constrained layout no room for the panels
         fig.suptitle(fit_title(title, width, 12))

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from unast_core.config import DistillConfig, RunConfig
 from unast_core.errors import InfeasibleBudget, UnastError
-from unast_core.model.assemble import Layers, describe
+from unast_core.model.assemble import Layers, describe, layers_from_choice
 from unast_core.model.modeling_unast import SUBLAYER_KINDS
 from unast_core.records import Architecture, Choice, Distilled, Searched, Shortlist, Trained
 from unast_core.search.baselines import DEPTH_CRITERIA, measured_depth_plan, measured_step, removal_order
@@ -191,7 +191,19 @@ def choose_scratch(budget: dict[str, float], lut: dict[str, Any], config: RunCon
                      {"architecture_from": chosen["source"]}, init=tools.scratch_init(layers), finetune=finetune)
 
 
-CHOOSERS = {"unast": choose_unast, "unast-depth": choose_unast, "uniform": choose_uniform,
+def choose_teacher(budget: dict[str, float], lut: dict[str, Any], config: RunConfig, tools: Tools) -> Shortlist:
+    """GPTQ / SparseGPT / round-to-nearest on the teacher alone (Table 5): the teacher's architecture and
+    weights, no finetune; the compression itself runs after it (`ptq_settings`, tasks.ptq). The budget does
+    not steer it: these methods have no latency knob."""
+    layers = layers_from_choice([0] * len(lut["costs"]["params"]), lut["pool"])
+    cfg = config.ptq_settings()
+    tools.log(f"{config.method}: the teacher compressed with {cfg.model_dump(exclude={'method'})}")
+    return _baseline(config, tools, layers, {"params": 1.0}, None, f"{config.method}-teacher",
+                     {"compression": cfg.model_dump(mode="json")},
+                     finetune=config.finetune.model_copy(update={"steps": 0}))
+
+
+CHOOSERS = {"unast": choose_unast, "gptq": choose_teacher, "sparsegpt": choose_teacher, "rtn": choose_teacher, "unast-depth": choose_unast, "uniform": choose_uniform,
             "random-init": choose_scratch, **{m: choose_depth for m in DEPTH_CRITERIA}}
 
 

@@ -81,6 +81,7 @@ def build_lut(model: torch.nn.Module, pool: list[dict[str, Any]], regime: Regime
     lut = {"pool": pool, "names": names, "regime": regime.model_dump(), "device": str(device), "costs": costs,
            "weight_bytes": [[p * width for p in row] for row in params], "kv_bytes_per_token": kv,
            "fixed": fixed, "teacher": teacher, "measured": measured, "calibration": {}}
+    add_size_costs(lut, model)
     if calibration_samples > 0:
         choices = calibration_choices(lut, adapter, calibration_samples, seed)
         table = [predict(lut, c)["latency"] / teacher["latency"] for c in choices]
@@ -151,6 +152,29 @@ def architecture_params(model: torch.nn.Module, layers: list[dict[str, Any]]) ->
         if spec["op"] != "teacher":
             total += _params(adapter, sub, spec) - adapter.sublayer_params(sub)
     return total
+
+
+def add_size_costs(lut: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    """The `size` cost (Appendix D stored bytes: 16 bits per weight, a compressed candidate's compressed
+    linears at their bits or non-zeros) per sublayer and candidate, its fixed part and the teacher's, added
+    to `lut` in place (also to a table stored before sizes existed: they need no timing)."""
+    adapter = Adapter(model)
+    size = [[_size(adapter, s, spec) if OpSpec.of(spec).applies(s.kind) else 0.0 for spec in lut["pool"]]
+            for s in adapter.sublayers]
+    lut["costs"]["size"] = size
+    lut["teacher"]["size"] = 2.0 * adapter.total_params()
+    lut["fixed"]["size"] = lut["teacher"]["size"] - sum(row[0] for row in size)
+    return lut
+
+
+def _size(adapter: Adapter, sub: Any, spec: dict[str, Any]) -> float:
+    from unast_core.compress.candidates import linears_of, size_bytes
+
+    modules = adapter.build(sub.index, spec)
+    params = sum(p.numel() for m in modules.values() for p in m.parameters())
+    squeezed = sum(m.weight.numel() for m in linears_of(modules[adapter.family[sub.kind]], spec["linears"]).values()) \
+        if spec["op"] == "compressed" else 0
+    return size_bytes(params, squeezed, spec)
 
 
 def _params(adapter: Adapter, sub: Any, spec: dict[str, Any]) -> int:

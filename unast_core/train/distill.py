@@ -105,7 +105,9 @@ def distill(adapter: Adapter, index: int, spec: dict[str, Any], states_dir: Path
     best, best_state, stale, curve = metrics["nmse_init"], copy.deepcopy(model.state_dict()), 0, []
     steps_done, train_s = 0, 0.0
     # A least-squares linear layer already minimises the (normalized) MSE on the training states.
-    closed_form = spec["op"] == "linear" and init == "teacher" and cfg.loss in ("nmse", "mse")
+    # A compressed teacher sublayer is calibrated at init, not distilled (Appendix H).
+    closed_form = (spec["op"] == "linear" and init == "teacher" and cfg.loss in ("nmse", "mse")) or \
+        spec["op"] == "compressed"
     metrics["closed_form"] = closed_form
     if cfg.steps and not closed_form:
         train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr_max=cfg.lr_max, lr_min=cfg.lr_min,
