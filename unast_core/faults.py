@@ -5,7 +5,8 @@ The stages pass a point at each unit-of-work boundary: `capture` after each spli
 `distill` after each candidate, `score` after each sublayer, `search` after the search result, `select`
 after each short finetune, `finetune` after each optimizer step of the final finetune (its weights are not
 stored until it ends), `export` after the checkpoint is written and before it is copied to the output.
-Unset (always, outside tests) it costs one dictionary lookup.
+`UNAST_TEST_DIE_AT_SIGNAL=INT` sends SIGINT instead, as Ctrl-C in the terminal does. Unset (always, outside
+tests) it costs one dictionary lookup.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import signal
 import threading
 from collections import Counter
 
-ENV = "UNAST_TEST_DIE_AT"
+ENV = "UNAST_TEST_DIE_AT"  # and ENV + "_SIGNAL"
 _passed: Counter = Counter()
 _lock = threading.Lock()
 
@@ -32,4 +33,4 @@ def point(name: str) -> None:
         _passed[name] += 1
         hit = _passed[name] == int(nth or 1)
     if hit:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGINT if os.environ.get(ENV + "_SIGNAL", "").upper() == "INT" else signal.SIGKILL)
