@@ -435,7 +435,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "finetune": {"steps": 4, "batch_size": 2},
         "evaluate": {"latency_repeats": 5, "latency_warmup": 1, "generate_tokens": 8},
     },
-    # SmolLM2-135M on 2 CPU cores in about 15 minutes end to end.
+    # SmolLM2-135M on 2 CPU cores in about 20 minutes end to end (23.9 measured on a shared host, bench/results/baselines_heldout.md).
     "cpu": {},
     # Tables 6-7 of the paper (for GPUs): Adam, LR 5e-4 -> 5e-5 cosine, 10k finetune iterations.
     "paper": {
