@@ -8,12 +8,10 @@ that host shares it while they time.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from prefect import get_run_logger, unmapped
 
@@ -26,6 +24,7 @@ from tasks.score import score, score_table
 from tasks.tracking import Tracker
 from tasks.train import train
 from unast_core.config import RunConfig, budget_name
+from unast_core.locks import unit_lock
 from unast_core.records import (
     Choice,
     Distilled,
@@ -158,28 +157,15 @@ def finetune(prep: Prepared, choice: Choice, config: RunConfig) -> Trained:
     return final.require_ok("the final finetune")
 
 
-@contextlib.contextmanager
-def output_lock(out_dir: str) -> Iterator[None]:
-    """Exclusive while a run swaps in and logs one output directory: two runs of a deployment that overlap
-    (a schedule firing during a long run) would otherwise interleave the swap of the checkpoint directory with
-    the other's results.json. A lock file beside the directory (flock, this host)."""
-    path = Path(out_dir).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def export(run: Run, prep: Prepared, budget: dict[str, float], choice: Choice, final: Trained, measured: Evaluation,
            distilled: DistillReport | None, figures: dict[str, str], scores: ScoreTable | None,
            wall: dict[str, float]) -> dict[str, Any]:
     """Stage 8b: one model's checkpoint, figures and results.json in its output directory."""
     info = {"mlflow": {"tracking_uri": run.tracker.uri, "run_id": run.tracker.parent_id, "experiment": "unast"},
             "wall_s": wall, "peak_rss_mb": dict(run.rss)}
-    with output_lock(run.out_dir(budget)):  # overlapping runs with one output write it one after the other
+    # exclusive while a run swaps in and logs one output directory: two overlapping runs of a deployment would
+    # otherwise interleave the swap of the checkpoint directory with the other's results.json
+    with unit_lock(run.out_dir(budget)):
         results = export_model(prep, run.config, budget, choice, final, measured, distilled, figures,
                                scores.path if scores else None, run.out_dir(budget), info)
         run.tracker.stage(f"{budget_name(budget)}/export",
