@@ -17,14 +17,13 @@ from prefect import get_run_logger, unmapped
 
 from flows.artifacts import prefect_tags, publish_family, publish_link, publish_results
 from tasks.capture import capture_states
-from tasks.common import peak_rss_mb, progress, reset_peak_rss
+from tasks.common import peak_rss_mb, progress, reset_peak_rss, unit_lock
 from tasks.distill import distill_candidate
 from tasks.report import distill_report, export_model
 from tasks.score import score, score_table
 from tasks.tracking import Tracker
 from tasks.train import train
 from unast_core.config import RunConfig, budget_name
-from unast_core.locks import unit_lock
 from unast_core.records import (
     Choice,
     Distilled,

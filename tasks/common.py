@@ -24,6 +24,7 @@ from prefect.exceptions import MissingContextError
 from tqdm.auto import tqdm
 
 from unast_core.config import TeacherConfig
+from unast_core.locks import unit_lock  # noqa: F401 - the flow locks its output directories through here
 from unast_core.model.teacher import Teacher, load_teacher
 from unast_core.records import Prepared
 from unast_core.store import read_tensors
