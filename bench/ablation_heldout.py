@@ -49,6 +49,12 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                  "select.lm_weight=0", "distill.seqs=128", "distill.eval_seqs=8", "distill.steps=60"]),
     "mix-ft96-lr3": ("96 finetune steps, KD + LM, at lr 3e-4 -> 3e-5", ["finetune.steps=96", "finetune.lm_weight=1", "finetune.lr_max=3e-4",
                                                       "finetune.lr_min=3e-5"]),
+    "nolinear": ("the default without the least-squares linear operator (skip, narrower heads and MLP only)",
+                 ["pool.ops=[teacher,identity]"]),
+    "kl8": ("the default, candidates scored by KL to the teacher on all 8 validation rows (half teacher text)",
+            ["score.metric=kl", "score.seqs=8"]),
+    "nolinear-kl8": ("nolinear and kl8 together", ["pool.ops=[teacher,identity]", "score.metric=kl",
+                                                   "score.seqs=8"]),
     "table3-no-select-ft": ("the paper's Table 3: select among the K searched architectures without the short "
                             "finetune (select.steps=0)", ["select.steps=0"]),
 }
