@@ -90,3 +90,34 @@ def test_a_killed_run_leaves_no_process_and_no_open_pipe(tmp_path):
         time.sleep(0.2)
     assert _session(proc.pid) == []
 
+
+def _foreground_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_stage_exits_130_in_one_line_and_keeps_finished_units(tmp_path):
+    """Ctrl-C (SIGINT) after the third distilled candidate: exit 130, one `unast:` line and no traceback, the
+    candidates finished so far stay in the store, and no server is left behind.
+
+    The run gets SIGINT's default disposition, as a terminal's foreground job has: a shell starts a background
+    job (a CI script's, for one) with SIGINT ignored, the child inherits that, and Python then installs no
+    KeyboardInterrupt handler, so the signal would be dropped and the run would finish (exit 0)."""
+    env = dict(_env(tmp_path), UNAST_TEST_DIE_AT="distill:3", UNAST_TEST_DIE_AT_SIGNAL="INT",
+               UNAST_HOST_LOCK=str(tmp_path / "host.lock"))
+    env.pop("PREFECT_API_URL", None)
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--preset", "smoke", "--home", str(tmp_path / "home"),
+           "--output", str(tmp_path / "out"), "--set", "cost.repeats=1", "--set", "cost.calibration_samples=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                            start_new_session=True, preexec_fn=_foreground_sigint)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 130, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("unast:")]
+    assert lines == ["unast: interrupted; finished stages are kept and a rerun resumes from them"]
+    assert "Traceback" not in err + out
+    kept = [p for p in (tmp_path / "home").rglob("candidates/*/*.json") if not p.name.startswith(".")]
+    assert len(kept) >= 3
+    deadline = time.time() + 10
+    while _session(proc.pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _session(proc.pid) == []
