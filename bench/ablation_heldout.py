@@ -55,6 +55,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             ["score.metric=kl", "score.seqs=8"]),
     "nolinear-kl8": ("nolinear and kl8 together", ["pool.ops=[teacher,identity]", "score.metric=kl",
                                                    "score.seqs=8"]),
+    "gen1": ("the default with calibration and validation all sampled from the teacher (no docs rows)",
+             ["data.generated_fraction=1.0"]),
+    "gen1-nolinear": ("gen1 without the linear operator", ["data.generated_fraction=1.0",
+                                                          "pool.ops=[teacher,identity]"]),
     "table3-no-select-ft": ("the paper's Table 3: select among the K searched architectures without the short "
                             "finetune (select.steps=0)", ["select.steps=0"]),
 }
