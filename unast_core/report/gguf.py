@@ -48,6 +48,7 @@ class DeciLayer:
     n_head_kv: int = 0
     n_ff: int = 0
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    block: int = -1  # the student's block it comes from
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,15 @@ def deci_layers(model: nn.Module, choices: list[dict[str, dict[str, Any]]]) -> t
             layers.append(layer)
         if after is not None:
             layers.append(after)
+        for added in layers:
+            added.block = b if added.block < 0 else added.block
+    if layers and not layers[0].n_head:
+        # llama.cpp derives the head dim from the first layer's head count: with none there, every later
+        # attention fails to load (head dim 0). A zero linear attention adds nothing and gives it the heads.
+        layers[0].n_head = dims["heads"]
+        layers[0].tensors.update({"attn_norm.weight": torch.ones(H), "attn_output.weight": torch.zeros(H, H)})
+        rewrites.append(Rewrite(layers[0].block, "attn", "skip", "llama.cpp needs heads on its first layer: the "
+                                "skipped attention is a zero linear attention (exact; one H x H matmul)"))
     return layers, rewrites
 
 

@@ -37,14 +37,15 @@ def bpe_tokenizer():
 TOKENIZER = bpe_tokenizer()
 
 
-def tiny_student(seed: int = 0):
+def tiny_student(seed: int = 0, choices=CHOICES):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_random_config(len(TOKENIZER)), dtype=torch.float32).eval()
-    apply_choices(model, CHOICES)
+    apply_choices(model, choices)
     with torch.no_grad():  # random weights everywhere (linear biases too), rounded to f16 as the file stores them
         for p in model.parameters():
             p.copy_((torch.randn_like(p) * 0.2 + (1.0 if p.dim() == 1 and p.shape[0] == 64 else 0.0)).half().float())
-        model.model.layers[3].self_attn.unast_rope_index.copy_(torch.tensor([0, 2, 5, 7, 8, 10, 13, 15]))
+        if choices is CHOICES:
+            model.model.layers[3].self_attn.unast_rope_index.copy_(torch.tensor([0, 2, 5, 7, 8, 10, 13, 15]))
     return model
 
 
@@ -93,10 +94,22 @@ def test_export_refuses_other_families(tmp_path):
         export_gguf(tiny_model("gpt2"), [{}] * 3, byte_tokenizer(), tmp_path / "s.gguf")
 
 
-def test_llama_cpp_runs_the_export_with_the_same_logits(tmp_path):
+# Block 0's attention skipped: llama.cpp takes the head dim from its first layer's head count.
+FIRST_SKIPPED = [{"attn": {"op": "identity"}, "mlp": {"op": "teacher"}}, *CHOICES[:3]]
+
+
+def test_a_first_layer_without_attention_gets_a_zero_linear_one():
+    layers, rewrites = deci_layers(tiny_student(choices=FIRST_SKIPPED), FIRST_SKIPPED)
+    assert (layers[0].n_head, layers[0].n_head_kv, layers[0].n_ff) == (4, 0, 176)
+    assert not layers[0].tensors["attn_output.weight"].any()
+    assert (rewrites[-1].block, rewrites[-1].operator) == (0, "skip")
+
+
+@pytest.mark.parametrize("choices", [CHOICES, FIRST_SKIPPED], ids=["every-operator", "first-attention-skipped"])
+def test_llama_cpp_runs_the_export_with_the_same_logits(tmp_path, choices):
     llama_cpp = pytest.importorskip("llama_cpp")
-    model = tiny_student()
-    out, _ = export_gguf(model, CHOICES, TOKENIZER, tmp_path / "s.gguf")
+    model = tiny_student(choices=choices)
+    out, _ = export_gguf(model, choices, TOKENIZER, tmp_path / "s.gguf")
     ids = torch.randint(0, len(TOKENIZER), (12,), generator=torch.Generator().manual_seed(1)).tolist()
     with torch.no_grad():
         expected = model(torch.tensor([ids])).logits[0]
