@@ -3,7 +3,8 @@
 import pytest
 
 from unast_core.errors import InfeasibleBudget
-from unast_core.search.budget import corrected_budget, hold_latency_budget, kept_within, within_budget
+from unast_core.search.budget import (corrected_budget, hold_latency_budget, kept_within, loosened_budget,
+                                     within_budget)
 
 
 def test_within_budget_allows_the_tolerance_on_latency_only():
@@ -66,3 +67,29 @@ def test_hold_falls_back_to_the_fastest_when_the_retry_is_still_over():
     held = hold_latency_budget({"latency": 0.5}, 0.02, "first", [0.5, 0.5], lambda f: measurements[f],
                                _Searches(["retry"]))
     assert held.found == "retry" and held.kept == [1] and "keeping the fastest" in held.notes[-1]
+
+
+def test_loosened_budget_scales_by_the_median_and_never_tightens():
+    assert loosened_budget({"latency": 0.75, "params": 0.9}, [0.75, 0.75, 0.75], [0.70, 0.72, 0.71]) == pytest.approx(
+        {"latency": 0.75 / (0.71 / 0.75), "params": 0.9})
+    assert loosened_budget({"latency": 0.5}, [0.5], [0.6]) == {"latency": 0.5}
+    assert loosened_budget({"latency": 0.95}, [0.95], [0.5]) == {"latency": 1.0}  # never past the teacher
+
+
+def test_hold_searches_again_with_a_looser_budget_when_everything_measures_well_under():
+    # the table over-predicts by 5%: 0.75 is searched again at 0.75 / 0.95, and that search's ones hold
+    measurements = {"first": [0.7125, 0.7125, 0.70], "retry": [0.752, 0.775, 0.745]}
+    search = _Searches(["retry"])
+    held = hold_latency_budget({"latency": 0.75}, 0.02, "first", [0.75, 0.75, 0.74], lambda f: measurements[f], search)
+    assert search.asked == [{"latency": pytest.approx(0.75 / 0.95)}]
+    assert held.found == "retry" and held.kept == [0, 2] and "under the budget" in held.notes[0]
+
+
+def test_hold_keeps_the_first_search_when_the_looser_one_measures_over():
+    measurements = {"first": [0.70, 0.71], "retry": [0.80, 0.79]}
+    held = hold_latency_budget({"latency": 0.75}, 0.02, "first", [0.75, 0.75], lambda f: measurements[f],
+                               _Searches(["retry"]))
+    assert held.found == "first" and held.measured == [0.70, 0.71] and held.kept == [0, 1]
+    assert "keeping the first" in held.notes[-1]
+    within = hold_latency_budget({"latency": 0.75}, 0.02, "first", [0.75], lambda f: [0.74], _Searches([]))
+    assert within.found == "first" and within.corrected is None  # within the tolerance below: no second search
