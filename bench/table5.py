@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--students", type=Path, nargs=2, required=True, metavar=("LATENCY_0.5", "LATENCY_0.75"))
     parser.add_argument("--group-size", type=int, default=128)
-    parser.add_argument("--calibration-seqs", type=int, default=16)
+    parser.add_argument("--calibration-seqs", type=int, default=CompressConfig().calibration_seqs)  # as `ptq`
     parser.add_argument("--heldout-rows", type=int, default=16)
     parser.add_argument("--test-rows", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=7)

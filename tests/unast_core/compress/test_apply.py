@@ -52,6 +52,19 @@ def test_gptq_model_closer_than_round_to_nearest_and_weights_on_grid():
 
 
 @torch.no_grad()
+def test_calibration_runs_in_fp32_under_the_runs_bf16_autocast():
+    """The stage computes under bf16 autocast; the Hessians must still come from an fp32 forward."""
+    cfg = CompressConfig(method="gptq", bits=3, group_size=16)
+    weights = []
+    for autocast in (False, True):
+        student = _student()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            compress_model(student, _blocks(student), _tokens(), cfg, batch=4)
+        weights.append(_blocks(student)[2].mlp.down_proj.weight.clone())
+    assert torch.equal(*weights)
+
+
+@torch.no_grad()
 def test_sparsegpt_two_four_every_body_linear():
     student = _student()
     _, meta = compress_model(student, _blocks(student), _tokens(), CompressConfig(method="sparsegpt", sparsity="2:4"))
