@@ -6,8 +6,8 @@ from pathlib import Path
 from prefect import task
 from safetensors.torch import load_model
 
-from tasks.common import computing, on_device, splits, teacher_for, timing
-from unast_core.compress.export import packed_copy
+from tasks.common import computing, on_device, run_logger, splits, teacher_for, timing
+from unast_core.compress.export import packed_candidates, packed_copy
 from unast_core.config import CostConfig, EvalConfig
 from unast_core.model.assemble import build_student
 from unast_core.records import Evaluation, Exported, Prepared, Trained
@@ -59,6 +59,11 @@ def evaluate(prep: Prepared, trained: Trained, cfg: EvalConfig, cost_cfg: CostCo
         test_tokens=data["test"].numel(), heldout_tokens=data["heldout"].numel() if held else 0)
 
 
+# The exported form's version, part of the stamp that lets an intact checkpoint be reused: bump it when the
+# form changes (2: compressed-teacher candidates stored packed, 2026-12-05).
+EXPORT_FORMAT = 2
+
+
 @task(name="export")
 def export(prep: Prepared, trained: Trained, results: dict, out_dir: str, generate_tokens: int) -> Exported:
     """Stage 8b: HF checkpoint (auto_map + modeling code), tokenizer, model card, results.json. A checkpoint
@@ -67,7 +72,8 @@ def export(prep: Prepared, trained: Trained, results: dict, out_dir: str, genera
     with unit_lock(out_dir):
         stamp = Path(out_dir) / EXPORT_SOURCE
         source = {"weights": trained.weights, "sha256": recorded_sha256(Path(trained.weights)),
-                  "generate_tokens": generate_tokens, "dtype": prep.deploy_dtype, "compression": trained.compression}
+                  "generate_tokens": generate_tokens, "dtype": prep.deploy_dtype, "compression": trained.compression,
+                  "format": EXPORT_FORMAT}
         if stamp.exists() and tree_intact(out_dir) and read_json(stamp) == source:  # a corrupt file: warned, redone
             sample = read_json(Path(out_dir) / "results.json").get("sample", "")
             write_text(Path(out_dir) / "README.md", model_card({**results, "sample": sample}))
@@ -85,8 +91,18 @@ def export(prep: Prepared, trained: Trained, results: dict, out_dir: str, genera
             student = packed_copy(student, read_tensors(Path(trained.compression["packed"])),
                                   {k: v for k, v in trained.compression.items() if k != "packed"})
         else:
-            student.to(DTYPES[prep.deploy_dtype])  # saved as deployed (bf16 halves the checkpoint)
+            student = _pool_packed(student, trained.layers) or student.to(DTYPES[prep.deploy_dtype])
         export_checkpoint(student, teacher.tokenizer, Path(out_dir), model_card({**results, "sample": sample}),
                           {**results, "sample": sample})
         write_json(stamp, source)
         return Exported(dir=out_dir, sample=sample)
+
+
+def _pool_packed(student, layers):
+    """The student with its compressed-teacher candidates (Appendix H) stored packed and the rest 16-bit, as
+    Appendix D sizes it; None when it has none (it is then saved as deployed: bf16 halves the checkpoint)."""
+    packed, meta, dense = packed_candidates(student, layers)
+    if dense:
+        run_logger().warning(f"{len(dense)} compressed linears are off their stored grid and are exported dense: "
+                             f"{', '.join(dense[:4])}")
+    return packed_copy(student, packed, {"method": "pool.compressed", "layers": meta}) if meta else None
