@@ -91,7 +91,8 @@ def export(prep: Prepared, trained: Trained, results: dict, out_dir: str, genera
             student = packed_copy(student, read_tensors(Path(trained.compression["packed"])),
                                   {k: v for k, v in trained.compression.items() if k != "packed"})
         else:
-            student = _pool_packed(student, trained.layers) or student.to(DTYPES[prep.deploy_dtype])
+            packed = _pool_packed(student, trained.layers)
+            student = packed if packed is not None else student.to(DTYPES[prep.deploy_dtype])
         export_checkpoint(student, teacher.tokenizer, Path(out_dir), model_card({**results, "sample": sample}),
                           {**results, "sample": sample})
         write_json(stamp, source)

@@ -113,15 +113,22 @@ def compress_weight(weight: torch.Tensor, hessian: torch.Tensor | None, cfg: Com
         pruned, _ = sparsegpt_prune(weight, hessian, cfg.sparsity, cfg.damp)
         pruned = pruned.to(torch.bfloat16)  # stored 16-bit (Appendix D)
         packed = pack_sparse(pruned)
-        return pruned.float(), packed, {"kind": "sparse", "shape": shape, "nnz": int(packed["values"].numel())}
+        return pruned.float(), packed, layer_meta(cfg, shape, packed)
     if cfg.method == "gptq":
         q = gptq_quantize(weight, hessian, cfg.bits, cfg.group_size, cfg.act_order, cfg.damp)
     else:
         q = rtn_quantize(weight, cfg.bits, cfg.group_size)
     packed = pack_quantized(q.codes, q.scale, q.zero, cfg.bits)
     stored = dequantize(q.codes, packed["scale"].float(), packed["zero"].float(), cfg.group_size)
-    return stored, packed, {"kind": "quant", "shape": shape, "bits": cfg.bits, "group_size": cfg.group_size,
-                            "groups": int(q.scale.shape[1])}
+    return stored, packed, layer_meta(cfg, shape, packed)
+
+
+def layer_meta(cfg: CompressConfig, shape: list[int], packed: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """A packed layer's metadata (`PackedLinear`): its kind and shape, with its non-zeros or bits and groups."""
+    if cfg.method == "sparsegpt":
+        return {"kind": "sparse", "shape": shape, "nnz": int(packed["values"].numel())}
+    return {"kind": "quant", "shape": shape, "bits": cfg.bits, "group_size": cfg.group_size,
+            "groups": int(packed["scale"].shape[1])}
 
 
 @torch.no_grad()

@@ -60,6 +60,11 @@ def _group_view(weight: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([weight, weight.new_full((out, pad), float("nan"))], 1).reshape(out, -1, size)
 
 
+def _masked_min(t: torch.Tensor) -> torch.Tensor:
+    """Minimum over the last dim, ignoring NaN (the padding of `_group_view`)."""
+    return torch.where(t.isnan(), torch.full_like(t, float("inf")), t).amin(-1)
+
+
 def _grid_scale(values: torch.Tensor, bits: int) -> float | None:
     """The fp16 step of one group's grid, for a group the vectorised guess missed (one level used, or no two
     adjacent levels): the smallest step s = d / k (d its smallest gap or largest magnitude) that puts every
@@ -95,16 +100,14 @@ def recover_quantized(weight: torch.Tensor, bits: int, group_size: int | None) -
     scale = torch.where(scale.isinf(), torch.ones_like(scale), scale).half().float()
     steps = groups / scale[..., None]
     on_grid = ((steps.round() * scale[..., None] == groups) | groups.isnan()).all(-1)
-    inf = torch.full_like(steps, float("inf"))
-    fits = (torch.where(steps.isnan(), -inf, steps).amax(-1) - torch.where(steps.isnan(), inf, steps).amin(-1)) <= maxq
+    fits = -_masked_min(-steps) - _masked_min(steps) <= maxq
     for r, g in (~(on_grid & fits)).nonzero().tolist():
         s = _grid_scale(groups[r, g], bits)
         if s is None:
             return None
         scale[r, g] = s
     steps = (groups / scale[..., None]).round()
-    low = torch.where(groups.isnan(), torch.full_like(steps, float("inf")), steps).amin(-1)
-    zero = (-low).clamp(min=0)
+    zero = (-_masked_min(steps)).clamp(min=0)
     codes = (steps + zero[..., None]).reshape(w.shape[0], -1)[:, :w.shape[1]]
     if codes.min() < 0 or codes.max() > maxq:
         return None
@@ -127,6 +130,7 @@ def packed_candidates(student: UnastForCausalLM, layers: list[dict[str, dict[str
     """The compressed-teacher candidates (Appendix H) of a built student in their packed form: ({"3.mlp.
     down_proj.qweight": tensor, ...}, {"3.mlp.down_proj": PackedLinear metadata}, [linears left dense]). A
     linear is left dense when its weight is not exactly on the grid (or the zeros) its candidate stored."""
+    from unast_core.compress.apply import layer_meta
     from unast_core.compress.candidates import linears_of, settings
     from unast_core.model.modeling_unast import get_blocks
 
@@ -149,8 +153,5 @@ def packed_candidates(student: UnastForCausalLM, layers: list[dict[str, dict[str
                     dense.append(full)
                     continue
                 packed.update({f"{full}.{k}": v for k, v in parts.items()})
-                meta[full] = ({"kind": "sparse", "shape": list(w.shape), "nnz": int(parts["values"].numel())}
-                              if cfg.method == "sparsegpt" else
-                              {"kind": "quant", "shape": list(w.shape), "bits": cfg.bits, "group_size": cfg.group_size,
-                               "groups": int(parts["scale"].shape[1])})
+                meta[full] = layer_meta(cfg, list(w.shape), parts)
     return packed, meta, dense

@@ -6,9 +6,10 @@ import torch
 
 from tests.conftest import assert_export_reloads, tiny_model
 from unast_core.compress.apply import compress_weight, model_bytes
-from unast_core.compress.candidates import compress_linears, linears_of
+from unast_core.compress.candidates import compress_linears, linears_of, settings
 from unast_core.compress.export import packed_candidates, packed_copy, recover_quantized, recover_sparse
 from unast_core.compress.gptq import accumulate_hessian, dequantize
+from unast_core.compress.pack import unpack_bits
 from unast_core.config import CompressConfig, CompressedCandidate
 from unast_core.model.assemble import build_student, layers_from_choice
 from unast_core.model.modeling_unast import PackedLinear, family_of, get_blocks
@@ -29,7 +30,6 @@ def test_a_quantized_weight_is_recovered_bit_exactly(method, bits, group_size):
     assert found is not None
     codes_bytes = found["qweight"].numel()
     assert codes_bytes == packed["qweight"].numel() and found["scale"].shape == packed["scale"].shape
-    from unast_core.compress.pack import unpack_bits
     codes = unpack_bits(found["qweight"], bits, stored.numel()).reshape(stored.shape)
     assert torch.equal(dequantize(codes, found["scale"].float(), found["zero"].float(), group_size), stored)
 
@@ -66,7 +66,7 @@ def _student_with_candidates():
             if spec["op"] == "compressed":
                 linears = linears_of(getattr(blocks[b], family[kind]), spec["linears"])
                 inputs = {n: torch.randn(64, m.in_features, generator=g) for n, m in linears.items()}
-                compress_linears(linears, inputs, CompressConfig(**{k: spec[k] for k in spec if k in ("method", "bits", "sparsity")}))
+                compress_linears(linears, inputs, settings(spec))
     return student, layers
 
 
