@@ -59,6 +59,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
              ["data.generated_fraction=1.0"]),
     "gen1-nolinear": ("gen1 without the linear operator", ["data.generated_fraction=1.0",
                                                           "pool.ops=[teacher,identity]"]),
+    "c384": ("the default with 384 calibration rows (half teacher text): the finetune sees each row once, not 3 times",
+             ["data.calibration_seqs=384"]),
+    "frozen": ("the default, the final finetune trains only the replaced sublayers (the teacher's stay frozen)",
+               ["finetune.trainable=replaced"]),
+    "c384-frozen": ("c384 and frozen together", ["data.calibration_seqs=384", "finetune.trainable=replaced"]),
+    "c384-t2": ("c384, the final finetune's KD at temperature 2", ["data.calibration_seqs=384",
+                                                                   "finetune.temperature=2"]),
+    "c384-frozen192": ("c384-frozen with 192 finetune steps (the default's finetune time)",
+                       ["data.calibration_seqs=384", "finetune.trainable=replaced", "finetune.steps=192"]),
     "table3-no-select-ft": ("the paper's Table 3: select among the K searched architectures without the short "
                             "finetune (select.steps=0)", ["select.steps=0"]),
 }

@@ -5,7 +5,7 @@ from safetensors.torch import load_model, save_model
 
 from tasks.common import computing, on_device, progress, splits, teacher_for
 from unast_core.config import TrainConfig
-from unast_core.model.assemble import build_student
+from unast_core.model.assemble import build_student, freeze_kept
 from unast_core.records import Prepared, Trained
 from unast_core.search.latency import resolve_device
 from unast_core import faults
@@ -21,7 +21,9 @@ def train(prep: Prepared, layers: list[dict], candidates: dict[str, str], init: 
     """Stages 6-7: finetune one architecture, starting from the teacher's and the distilled candidates'
     weights (`candidates`: {sublayer index: file}) or from a student checkpoint `init`; a diverged run is
     reported as failed, so the other architectures' work stands."""
-    out = prep.store().path("train", content_key(prep.data_key, layers, candidates, init, cfg.model_dump(), seed,
+    # `trainable` enters the key only when it is not the default, so stores written before it existed stay valid
+    settings = cfg.model_dump(exclude={"trainable"} if cfg.trainable == "all" else None)
+    out = prep.store().path("train", content_key(prep.data_key, layers, candidates, init, settings, seed,
                                                  *prep.compute_key()))
     with unit_lock(out):
         if intact(out / "metrics.json") and intact(out / "student.safetensors"):
@@ -31,6 +33,8 @@ def train(prep: Prepared, layers: list[dict], candidates: dict[str, str], init: 
         student = build_student(teacher.model, layers, None if init else candidates)
         if init:
             load_model(student, init)
+        if cfg.trainable == "replaced" and not freeze_kept(student, layers):
+            cfg = cfg.model_copy(update={"steps": 0})  # nothing replaced has weights: nothing to train
         bar = progress(cfg.steps, label)
         data = splits(prep)
         try:

@@ -199,6 +199,27 @@ def test_finetune_lowers_loss_and_kl():
     assert all(not p.requires_grad for p in teacher.parameters())
 
 
+def test_trainable_replaced_moves_only_the_replaced_sublayers():
+    from unast_core.model.assemble import freeze_kept
+
+    teacher = tiny_model("llama").requires_grad_(False)
+    layers = layers_from_choice([2, 0, 0, 1, 0, 0], POOL + [{"op": "linear"}])  # block 0: linear attention
+    student = build_student(teacher, layers)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    assert freeze_kept(student, layers) > 0
+    cfg = TrainConfig(steps=5, batch_size=4, lr_max=1e-3, lr_min=1e-4, lm_weight=0.0, trainable="replaced")
+    finetune(student, teacher, _tokens(8, 16, seed=1), _tokens(4, 16, seed=2), cfg, seed=0)
+    moved = {k for k, v in student.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved and all(k.startswith("student.model.layers.0.") for k in moved), moved
+    assert not any("mlp" in k for k in moved)  # block 0's MLP is the teacher's: frozen
+    # only skips replaced: nothing is left to train, and a zero-step finetune needs no optimizer
+    skips = layers_from_choice([1, 0, 0, 1, 0, 0], POOL)
+    student = build_student(teacher, skips)
+    assert freeze_kept(student, skips) == 0
+    result = finetune(student, teacher, _tokens(), _tokens(), cfg.model_copy(update={"steps": 0}))
+    assert result["steps"] == 0
+
+
 def test_finetune_reports_divergence():
     teacher = tiny_model("llama").requires_grad_(False)
     student = build_student(teacher, layers_from_choice([0] * 6, POOL))

@@ -51,6 +51,19 @@ def freeze_compressed(adapter: Adapter, layers: Layers) -> None:
                 layer.weight.requires_grad_(False)
 
 
+def freeze_kept(student: UnastForCausalLM, layers: Layers) -> int:
+    """Leave only the replaced sublayers trainable (`trainable: replaced`): the sublayers kept from the
+    teacher, the embeddings, the final norm and the head keep the teacher's weights through a finetune.
+    Returns how many parameters stay trainable (0 when nothing replaced has weights)."""
+    adapter = Adapter(student.student)
+    replaced = {id(p) for sub in adapter.sublayers if layers[sub.block][sub.kind]["op"] != "teacher"
+                for module in adapter.modules_of(sub).values() for p in module.parameters()}
+    for param in student.parameters():
+        if id(param) not in replaced:
+            param.requires_grad_(False)
+    return sum(p.numel() for p in student.parameters() if p.requires_grad)
+
+
 def build_student(teacher: nn.Module, layers: Layers, weights: dict[str, str] | None = None) -> UnastForCausalLM:
     """A fresh student: the teacher's weights where its modules are kept, and each trained candidate's
     distilled weights (`weights`: {sublayer index: candidate .safetensors}) where they are replaced.

@@ -72,7 +72,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train: torch.Tensor, valida
     torch.manual_seed(seed)
     started = time.perf_counter()
     val_before = lm_loss(student, validation, eval_batch_size) if measure_before else None
-    engine = make_engine(student, cfg)
+    engine = make_engine(student, cfg) if cfg.steps else None  # no steps: no optimizer (it may have no parameters)
     curve: list[dict[str, float]] = []
     student.train()
     stream = batches(train, cfg.batch_size, seed)
