@@ -15,7 +15,9 @@ from unast_core.store import content_key, read_json, write_json
 def search(prep: Prepared, scores: ScoreTable, lut: CostTable, budget: dict[str, float], cfg: SearchConfig) -> Searched:
     """Stage 5: K diverse architectures for one budget (Eq. 3-4); InfeasibleBudget when the pool cannot
     reach it."""
-    path = prep.store().search(content_key(scores.path, lut.path, budget, cfg.model_dump(exclude={"latency_tolerance"})))
+    # `fitted_scale` enters the key only when it is on, so stores written before it existed stay valid
+    skip = {"latency_tolerance"} | ({"fitted_scale"} if cfg.fitted_scale == 1.0 else set())
+    path = prep.store().search(content_key(scores.path, lut.path, budget, cfg.model_dump(exclude=skip)))
     with unit_lock(path):
         reused = intact(path)
         if not reused:

@@ -209,6 +209,12 @@ class SearchConfig(_Strict):
     # budget. Floored, such a candidate ties with the teacher, and the teacher wins the tie.
     floor_scores: bool = Field(True, description="treat a score below the teacher's as equal to it (the teacher "
                                "is kept on a tie), so that no replacement is taken for free")
+    # Every trained replacement (a linear layer, fewer heads, a narrower MLP) fits its calibration text better than
+    # it transfers: its local error off-domain is 1.4-2x its calibration error (bench/results/transfer.md), while a
+    # skipped sublayer has nothing fitted to lose. This prior scales their scores before the ILP.
+    fitted_scale: float = Field(1.0, ge=1.0, description="multiply the score of every distilled replacement "
+                                "(linear, attention, mlp) by this much before the search, a prior that what it "
+                                "learned from the calibration text transfers worse than its score says; 1 = off")
     # Timing on a shared host moves a ratio by about this much between repeats of the same measurement
     # (stop 9's side-by-side readings spread 0.009-0.055), so a measured latency holds within it.
     latency_tolerance: float = Field(0.02, ge=0, lt=1, description="a measured latency ratio holds the budget "

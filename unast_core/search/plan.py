@@ -53,6 +53,17 @@ def floored(scores: list[list[float]], pool: list[dict[str, Any]]) -> list[list[
     return [[e if teacher[j] or math.isnan(e) else max(e, TIE_BREAK) for j, e in enumerate(row)] for row in scores]
 
 
+# The operators distillation fits to the calibration text (search.fitted_scale scales their scores).
+FITTED_OPS = ("linear", "attention", "mlp")
+
+
+def scaled(scores: list[list[float]], pool: list[dict[str, Any]], factor: float) -> list[list[float]]:
+    """Scores with every positive score of a distilled replacement multiplied by `factor` (a negative one, which
+    only an unfloored search sees, is left alone: scaling it would make the replacement look better)."""
+    fitted = [spec.get("op") in FITTED_OPS for spec in pool]
+    return [[e * factor if fitted[j] and e > 0 else e for j, e in enumerate(row)] for row in scores]
+
+
 def plan(scores: list[list[float]], lut: dict[str, Any], budget: dict[str, float], cfg: SearchConfig,
          weights: list[list[str | None]] | None = None) -> dict[str, Any]:
     """K diverse architectures under `budget` = {cost name: fraction of the teacher's cost} (Eq. 3-4).
@@ -60,6 +71,8 @@ def plan(scores: list[list[float]], lut: dict[str, Any], budget: dict[str, float
     pool = lut["pool"]
     if cfg.floor_scores:
         scores = floored(scores, pool)
+    if cfg.fitted_scale != 1.0:
+        scores = scaled(scores, pool, cfg.fitted_scale)
     limits = _limits(lut, budget)
     costs = {name: lut["costs"][name] for name in budget}
     try:

@@ -70,3 +70,21 @@ def test_negative_scores_are_not_taken_for_free():
     assert plan(scores, LUT, loose, SearchConfig(k=1, floor_scores=False))["architectures"][0]["choice"] == [1, 0, 1, 0]
     # under a budget that needs two skips, the floored ones are still the cheapest damage
     assert plan(scores, LUT, {"latency": 0.6}, SearchConfig(k=1))["architectures"][0]["choice"] == [1, 0, 1, 0]
+
+
+def test_fitted_scale_moves_the_choice_from_distilled_replacements_to_skips():
+    """With the prior on, a linear replacement scored a little better than a skip loses to it; NaN stays NaN and
+    the score the architecture reports is the scaled one the ILP minimised."""
+    from unast_core.search.plan import scaled
+
+    lut = {**LUT, "pool": [{"op": "teacher"}, {"op": "identity"}, {"op": "linear"}],
+           "costs": {"latency": [[2.0, 0.0, 0.0]] * 4, "params": [[5, 0, 1]] * 4}}
+    scores = [[0.0, 0.5, 0.3], [0.0, 0.1, 0.08], [0.0, 0.6, 0.4], [0.0, 0.2, math.nan]]
+    assert scaled(scores, lut["pool"], 2.0)[1] == [0.0, 0.1, 0.16]
+    assert math.isnan(scaled(scores, lut["pool"], 2.0)[3][2])
+    assert scaled([[0.0, -0.1, -0.2]], lut["pool"], 2.0) == [[0.0, -0.1, -0.2]]
+    budget = {"latency": 0.6}  # two of the four sublayers replaced, by a skip or a linear layer
+    off = plan(scores, lut, budget, SearchConfig(k=1))["architectures"][0]
+    on = plan(scores, lut, budget, SearchConfig(k=1, fitted_scale=2.0))["architectures"][0]
+    assert off["choice"][1] == 2 and on["choice"][1] == 1  # 0.08 beats the skip's 0.1; 0.16 does not
+    assert on["score_sum"] > off["score_sum"]
