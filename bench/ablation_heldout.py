@@ -68,6 +68,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                                                                    "finetune.temperature=2"]),
     "c384-frozen192": ("c384-frozen with 192 finetune steps (the default's finetune time)",
                        ["data.calibration_seqs=384", "finetune.trainable=replaced", "finetune.steps=192"]),
+    "fitted2": ("the default, the search scaling every distilled replacement's score by 2 (search.fitted_scale: "
+                "their local error off-domain is 1.4-2x their calibration error; a skip's is not)",
+                ["search.fitted_scale=2"]),
+    "fitted4": ("fitted2 with a factor of 4", ["search.fitted_scale=4"]),
     "table3-no-select-ft": ("the paper's Table 3: select among the K searched architectures without the short "
                             "finetune (select.steps=0)", ["select.steps=0"]),
 }
