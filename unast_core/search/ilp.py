@@ -17,12 +17,15 @@ short CBC time slice; it is flagged "feasible" when CBC could not prove it optim
 Small pools are solved to proven optimality. CBC runs quiet, single-threaded, with a fixed seed.
 """
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import mip
 import numpy as np
+import torch
 from mip import OptimizationStatus as S
 
 from unast_core.errors import InfeasibleBudget, UnastError
@@ -274,6 +277,26 @@ def solve(scores: list[list[float]], costs: dict[str, list[list[float]]], limits
     Raises InfeasibleBudget when nothing meets the budget, UnastError when the time limit is hit
     before a first solution, ValueError on malformed input."""
     _validate(scores, costs, limits, k, max_overlap, time_limit_s)
+    with torch_threads_kept():
+        return _solve(scores, costs, limits, k, max_overlap, time_limit_s)
+
+
+@contextlib.contextmanager
+def torch_threads_kept() -> Iterator[None]:
+    """Give torch back its thread count. CBC sets the OpenMP thread count of the thread that optimizes to 1
+    (whatever `model.threads` says), and torch shares that OpenMP runtime: without this, every torch op that
+    ran in that thread afterwards used one core. In a run that was the final finetune (4.2 s per step on
+    2 threads, 7.3 s on one) and the evaluation, whose latency was then timed on one core while the cost
+    table had been timed on all."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def _solve(scores, costs, limits, k, max_overlap, time_limit_s) -> list[Solution]:
     if any(r > limits[c] for c, r in min_reachable({c: costs[c] for c in limits}, scores).items()):
         raise _infeasible(costs, limits, scores)  # cheap pre-check, no solver needed
     n = len(scores)

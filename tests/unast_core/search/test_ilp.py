@@ -319,3 +319,19 @@ def test_mid_size_pool_many_solutions():
         assert all(sum(a == b for a, b in zip(sol.choice, e.choice)) <= bound for e in sols[:idx])
     assert sols[0].status == "optimal"
     assert sols[0].objective == min(s.objective for s in sols)
+
+
+def test_solve_gives_torch_back_its_threads():
+    """CBC sets the OpenMP thread count of the calling thread to 1, and torch shares that runtime: the stages
+    that ran after the search in the same thread (the final finetune, the evaluation's timing) used one core."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        scores = [[0.0, 0.4], [0.0, 0.1], [0.0, 0.3]]
+        costs = {"latency": [[2.0, 0.0]] * 3}
+        assert solve(scores, costs, {"latency": 4.0}, k=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
