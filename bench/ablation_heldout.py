@@ -72,6 +72,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                 "their local error off-domain is 1.4-2x their calibration error; a skip's is not)",
                 ["search.fitted_scale=2"]),
     "fitted4": ("fitted2 with a factor of 4", ["search.fitted_scale=4"]),
+    "fitted2-ft192": ("fitted2 with 192 final finetune steps (twice the default's)",
+                      ["search.fitted_scale=2", "finetune.steps=192"]),
     "table3-no-select-ft": ("the paper's Table 3: select among the K searched architectures without the short "
                             "finetune (select.steps=0)", ["select.steps=0"]),
 }
