@@ -73,7 +73,7 @@ def test_negative_scores_are_not_taken_for_free():
 
 
 def test_fitted_scale_moves_the_choice_from_distilled_replacements_to_skips():
-    """With the prior on, a linear replacement scored a little better than a skip loses to it; NaN stays NaN and
+    """With the prior on (the default, 2), a linear replacement scored a little better than a skip loses to it; NaN stays NaN and
     the score the architecture reports is the scaled one the ILP minimised."""
     from unast_core.search.plan import scaled
 
@@ -84,7 +84,7 @@ def test_fitted_scale_moves_the_choice_from_distilled_replacements_to_skips():
     assert math.isnan(scaled(scores, lut["pool"], 2.0)[3][2])
     assert scaled([[0.0, -0.1, -0.2]], lut["pool"], 2.0) == [[0.0, -0.1, -0.2]]
     budget = {"latency": 0.6}  # two of the four sublayers replaced, by a skip or a linear layer
-    off = plan(scores, lut, budget, SearchConfig(k=1))["architectures"][0]
-    on = plan(scores, lut, budget, SearchConfig(k=1, fitted_scale=2.0))["architectures"][0]
+    off = plan(scores, lut, budget, SearchConfig(k=1, fitted_scale=1.0))["architectures"][0]
+    on = plan(scores, lut, budget, SearchConfig(k=1))["architectures"][0]  # the default: 2
     assert off["choice"][1] == 2 and on["choice"][1] == 1  # 0.08 beats the skip's 0.1; 0.16 does not
     assert on["score_sum"] > off["score_sum"]
