@@ -212,8 +212,9 @@ class SearchConfig(_Strict):
     # Every trained replacement (a linear layer, fewer heads, a narrower MLP) fits its calibration text better than
     # it transfers: its local error off-domain is 1.4-2x its calibration error (bench/results/transfer.md), while a
     # skipped sublayer has nothing fitted to lose. This prior scales their scores before the ILP. Held out, on
-    # SmolLM2-135M, one store, the same candidates and scores (bench/results/ablation.md): at latency 0.75, 2.60
-    # (KL 1.09) with a factor of 2 against 2.80 (KL 1.15) without; at 0.5, 6.68 (KL 2.03) against 7.88 (KL 2.18).
+    # SmolLM2-135M, factor 2 against 1 on two stores, each pair with the same candidates and scores
+    # (bench/results/ablation.md): at latency 0.75, 2.60 vs 2.80 and 2.35 vs 2.49 (in-domain 1.31 vs 1.27 and
+    # 1.27 vs 1.23); at 0.5, mixed: 6.68 vs 7.88 (at latency 0.509 vs 0.480) and 6.72 vs 6.55.
     fitted_scale: float = Field(2.0, ge=1.0, description="multiply the score of every distilled replacement "
                                 "(linear, attention, mlp) by this much before the search, a prior that what it "
                                 "learned from the calibration text transfers worse than its score says; 1: off")
@@ -449,7 +450,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "finetune": {"steps": 4, "batch_size": 2},
         "evaluate": {"latency_repeats": 5, "latency_warmup": 1, "generate_tokens": 8},
     },
-    # SmolLM2-135M on 2 CPU cores in about 20 minutes end to end (23.9 measured on a shared host, bench/results/baselines_heldout.md).
+    # SmolLM2-135M on 2 CPU cores in 10-20 minutes end to end, by the host's speed (10 min 9 s on a fresh store,
+    # bench/results/ablation.md).
     "cpu": {},
     # Tables 6-7 of the paper (for GPUs): Adam, LR 5e-4 -> 5e-5 cosine, 10k finetune iterations.
     "paper": {
