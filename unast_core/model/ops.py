@@ -15,9 +15,11 @@ from pydantic import BaseModel, ConfigDict
 Op = Literal["teacher", "identity", "linear", "attention", "mlp", "compressed"]
 OPS = ("teacher", "identity", "linear", "attention", "mlp", "compressed")
 KINDS = ("attn", "mlp")
+# Operators distilled on the calibration text (search.fitted_scale scales their scores).
+DISTILLED_OPS = ("linear", "attention", "mlp")
 # Operators whose weights a per-candidate task makes (distilled; a compressed teacher sublayer is calibrated,
 # not distilled: Appendix H).
-TRAINED_OPS = ("linear", "attention", "mlp", "compressed")
+TRAINED_OPS = DISTILLED_OPS + ("compressed",)
 
 
 class OpSpec(BaseModel):

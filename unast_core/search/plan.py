@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from unast_core.model.assemble import describe, layers_from_choice
+from unast_core.model.ops import DISTILLED_OPS
 from unast_core.config import SearchConfig
 from unast_core.search.cost import calibrated_ratio, predict, table_fraction
 from unast_core.errors import InfeasibleBudget, UnastError
@@ -53,14 +54,10 @@ def floored(scores: list[list[float]], pool: list[dict[str, Any]]) -> list[list[
     return [[e if teacher[j] or math.isnan(e) else max(e, TIE_BREAK) for j, e in enumerate(row)] for row in scores]
 
 
-# The operators distillation fits to the calibration text (search.fitted_scale scales their scores).
-FITTED_OPS = ("linear", "attention", "mlp")
-
-
 def scaled(scores: list[list[float]], pool: list[dict[str, Any]], factor: float) -> list[list[float]]:
     """Scores with every positive score of a distilled replacement multiplied by `factor` (a negative one, which
     only an unfloored search sees, is left alone: scaling it would make the replacement look better)."""
-    fitted = [spec.get("op") in FITTED_OPS for spec in pool]
+    fitted = [spec.get("op") in DISTILLED_OPS for spec in pool]
     return [[e * factor if fitted[j] and e > 0 else e for j, e in enumerate(row)] for row in scores]
 
 

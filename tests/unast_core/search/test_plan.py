@@ -73,8 +73,8 @@ def test_negative_scores_are_not_taken_for_free():
 
 
 def test_fitted_scale_moves_the_choice_from_distilled_replacements_to_skips():
-    """With the prior on (the default, 2), a linear replacement scored a little better than a skip loses to it; NaN stays NaN and
-    the score the architecture reports is the scaled one the ILP minimised."""
+    """With the prior on (the default, 2), a linear replacement scored a little better than a skip loses to it;
+    NaN stays NaN and the score the architecture reports is the scaled one the ILP minimised."""
     from unast_core.search.plan import scaled
 
     lut = {**LUT, "pool": [{"op": "teacher"}, {"op": "identity"}, {"op": "linear"}],
