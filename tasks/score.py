@@ -17,8 +17,11 @@ from unast_core.store import atomic_path, content_key, read_json, write_json
 def score(prep: Prepared, states: States, index: int, weights: list, cfg: ScoreConfig) -> Scored:
     """Stage 3 for one sublayer: Eq. 2 scores of every candidate (a failed candidate scores NaN);
     `weights[j]` is candidate j's trained weights at this sublayer (see `score_sublayer`)."""
-    key = content_key(prep.data_key, prep.pool, weights, cfg.model_dump(), index,
-                      *prep.compute_key())
+    # A block's whole-skip score rides with its attention sublayer; `blocks` enters only that key, so the
+    # MLP sublayers' scores (and every score of a store written before it existed) stay valid.
+    block = cfg.blocks and prep.sublayers[index].endswith(".attn") and any(s["op"] == "identity" for s in prep.pool)
+    key = content_key(prep.data_key, prep.pool, weights, cfg.model_dump(exclude={"blocks"}), index,
+                      *prep.compute_key(), *(("block",) if block else ()))
     path = prep.store().path("scores", key[:2], f"{key}.json")
     with unit_lock(path):
         reused = intact(path)
@@ -27,12 +30,13 @@ def score(prep: Prepared, states: States, index: int, weights: list, cfg: ScoreC
                 tokens = splits(prep)["validation"][:cfg.seqs]
                 result = score_sublayer(teacher_for(prep.teacher).model, tokens, states.dir, index, prep.pool,
                                         states.mean_loss(cfg.seqs), cfg.batch_size, weights, metric=cfg.metric,
-                                        dtype=prep.compute_dtype)
+                                        dtype=prep.compute_dtype, block=block)
             write_json(path, {**result, "index": index, "name": prep.sublayers[index], "pool": prep.pool})
             faults.point("score")
         result = read_json(path)
         return Scored(index=index, name=prep.sublayers[index], path=str(path), scores=result["scores"],
-                      losses=result["losses"], errors=result["errors"], reused=reused)
+                      losses=result["losses"], errors=result["errors"], block_score=result.get("block_score"),
+                      reused=reused)
 
 
 @task(name="score-table")
@@ -44,6 +48,8 @@ def score_table(prep: Prepared, rows: list[Scored], weights: list[list]) -> Scor
     table = {"pool": prep.pool, "sublayers": [r.name for r in rows], "scores": [r.scores for r in rows],
              "losses": [r.losses for r in rows], "errors": [r.errors for r in rows],
              "weights": [[w if isinstance(w, str) else None for w in row] for row in weights]}
+    if any(r.block_score is not None for r in rows):  # absent otherwise, so older tables keep their key
+        table["block_scores"] = [r.block_score for r in rows]
     path = prep.store().scores(content_key(table))
     write_json(path, table)
     specs = [OpSpec.of(spec) for spec in prep.pool]

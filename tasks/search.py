@@ -22,7 +22,8 @@ def search(prep: Prepared, scores: ScoreTable, lut: CostTable, budget: dict[str,
         reused = intact(path)
         if not reused:
             table = read_json(scores.path)
-            write_json(path, plan(table["scores"], read_json(lut.path), budget, cfg, table.get("weights")))
+            write_json(path, plan(table["scores"], read_json(lut.path), budget, cfg, table.get("weights"),
+                                  table.get("block_scores")))
             faults.point("search")
     result = read_json(path)
     return Searched(path=str(path), budget=budget, reused=reused,

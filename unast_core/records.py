@@ -158,6 +158,7 @@ class Scored(Record):
     scores: list[float | None]
     losses: list[float | None]
     errors: list[str | None]
+    block_score: float | None = None  # an attention sublayer's whole block skipped (score.blocks)
 
 
 class ScoreTable(Record):

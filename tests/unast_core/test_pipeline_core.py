@@ -50,6 +50,26 @@ def test_scores_from_cached_state_equal_naive_swap(tmp_path, model_type):
         assert result["errors"] == [None, None]
 
 
+@pytest.mark.parametrize("model_type", ["llama", "gemma2"])
+def test_block_score_equals_a_full_forward_with_the_whole_block_skipped(tmp_path, model_type):
+    """An attention sublayer's block score is the loss change of the model with its block's attention and MLP both
+    skipped; an MLP sublayer, or a pool that cannot skip, has none."""
+    model = tiny_model(model_type)
+    tokens = _tokens()
+    meta = capture(model, tokens, tmp_path / "v", batch_size=2)
+    adapter = Adapter(model)
+    pool = [{"op": "teacher"}, {"op": "identity"}]
+    for index in (0, 2):
+        result = score_sublayer(model, tokens, tmp_path / "v", index, pool, meta["loss"], batch_size=2, block=True)
+        with adapter.swapped({index: {"op": "identity"}, index + 1: {"op": "identity"}}):
+            naive = lm_loss(model, tokens, 4) - meta["loss"]
+        assert result["block_score"] == pytest.approx(naive, abs=1e-5)
+        assert abs(result["block_score"] - result["scores"][1]) > 1e-6  # not the attention alone
+    assert score_sublayer(model, tokens, tmp_path / "v", 3, pool, meta["loss"], 2, block=True)["block_score"] is None
+    assert score_sublayer(model, tokens, tmp_path / "v", 2, pool[:1], meta["loss"], 2, block=True)["block_score"] is None
+    assert "block_score" not in score_sublayer(model, tokens, tmp_path / "v", 2, pool, meta["loss"], 2)
+
+
 def test_a_failing_candidate_scores_nan_and_others_survive(tmp_path):
     model = tiny_model("llama")
     tokens = _tokens()

@@ -9,6 +9,11 @@ Data: ``scores[i][j]`` is the Eq. 2 score of candidate j at sublayer i (lower is
           sum_i x[i, choice^k'_i] <= O                        for every earlier k'   (Eq. 4)
 
 with O = floor(max_overlap * n_sublayers), capped at n_sublayers - 1 so that solutions differ.
+
+Optional pair terms ``(i, a, i2, b, delta)`` add ``delta`` to the objective when candidate a is chosen at i
+and b at i2, where the two do not add up (skipping a whole block costs less than skipping its attention and
+its MLP one by one). Each is a continuous y in [0, 1] with y <= x[i, a], y <= x[i2, b] (delta < 0) or
+y >= x[i, a] + x[i2, b] - 1 (delta > 0): at an optimum y is their product.
 The model is built once; each found solution adds one Eq. 4 row before the next optimize. The
 first solution gets the whole time budget. Proving later ones optimal is a hard combinatorial
 problem on large pools (80 x 16: seconds each, mostly closing a <0.5% gap), so each later solve
@@ -40,7 +45,7 @@ _TOL = 1e-9
 @dataclass
 class Solution:
     choice: list[int]  # chosen candidate index per sublayer
-    objective: float  # sum of scores of the chosen candidates
+    objective: float  # sum of scores of the chosen candidates (and of the pair terms that apply)
     costs: dict[str, float]  # sum of each cost over the chosen candidates
     status: str = OPTIMAL  # "optimal", or "feasible" when not proven optimal (time slice / limit)
 
@@ -107,31 +112,42 @@ def _infeasible(costs, limits, scores) -> InfeasibleBudget:
     return InfeasibleBudget(f"no architecture meets {', '.join(parts)}; raise the budget", reachable)
 
 
-def _build(scores, costs, limits):
-    """Data -> variables -> objective -> constraints; returns the model, x[i, j] and the Eq. 3 rows."""
+def _build(scores, costs, limits, pairs=()):
+    """Data -> variables -> objective -> constraints; returns the model, x[i, j], the Eq. 3 rows and the
+    pair variables {pair: y}."""
     model = mip.Model(sense=mip.MINIMIZE, solver_name=mip.CBC)
     model.verbose, model.threads, model.seed = 0, 1, 0
     n = len(scores)
     # Variables: x[i, j] = 1 iff candidate j is chosen at sublayer i; unavailable candidates get none.
     x = {(i, j): model.add_var(name=f"x_{i}_{j}", var_type=mip.BINARY)
          for i in range(n) for j, s in enumerate(scores[i]) if math.isfinite(s)}
-    # Objective: Eq. 2 linear approximation of the loss change.
-    model.objective = mip.minimize(mip.xsum(scores[i][j] * x[i, j] for (i, j) in x))
+    # Pair terms: y = x[i, a] * x[i2, b], bounded from the side the objective pushes it to.
+    y = {}
+    for p, (i, a, i2, b, delta) in enumerate(pairs):
+        y[p] = var = model.add_var(name=f"y_{p}", lb=0.0, ub=1.0)
+        if delta < 0:
+            model += var <= x[i, a], f"pair_{p}_a"
+            model += var <= x[i2, b], f"pair_{p}_b"
+        else:
+            model += var >= x[i, a] + x[i2, b] - 1, f"pair_{p}"
+    # Objective: Eq. 2 linear approximation of the loss change, corrected by the pair terms.
+    model.objective = mip.minimize(mip.xsum(scores[i][j] * x[i, j] for (i, j) in x)
+                                   + mip.xsum(pairs[p][4] * var for p, var in y.items()))
     # One-hot: exactly one candidate per sublayer.
     for i in range(n):
         model += mip.xsum(x[i, j] for j in range(len(scores[i])) if (i, j) in x) == 1, f"onehot_{i}"
     # Eq. 3: every limited additive cost stays within its budget.
     budget = [model.add_constr(mip.xsum(costs[c][i][j] * x[i, j] for (i, j) in x) <= limit, f"budget_{c}")
               for c, limit in limits.items()]
-    return model, x, budget
+    return model, x, budget, y
 
 
 class _Pool:
     """Dense copy of the data (unavailable -> score inf, cost 0) for warm starts and exact checks."""
 
-    def __init__(self, scores, costs, limits, overlap):
+    def __init__(self, scores, costs, limits, overlap, pairs=()):
         self.n, m = len(scores), max(len(r) for r in scores)
-        self.rows, self.overlap = np.arange(self.n), overlap
+        self.rows, self.overlap, self.pairs = np.arange(self.n), overlap, list(pairs)
         self.S = np.full((self.n, m), np.inf)
         self.C = np.zeros((len(limits), self.n, m))
         for i, row in enumerate(scores):
@@ -143,7 +159,21 @@ class _Pool:
         self.B_tol = _TOL * np.maximum(1.0, np.abs(self.B))
 
     def value(self, z) -> float:
-        return float(self.S[self.rows, z].sum())
+        return float(self.S[self.rows, z].sum()) + sum(d for i, a, i2, b, d in self.pairs if z[i] == a and z[i2] == b)
+
+    def pair_moves(self, z) -> np.ndarray:
+        """What the pair terms add to the objective when sublayer i alone moves to candidate j, per (i, j)."""
+        out = np.zeros_like(self.S)
+        for i, a, i2, b, d in self.pairs:
+            for (me, mine), (other, theirs) in (((i, a), (i2, b)), ((i2, b), (i, a))):
+                if z[other] != theirs:
+                    continue
+                if z[me] == mine:
+                    out[me] -= d  # leaving the pair
+                    out[me, mine] += d
+                else:
+                    out[me, mine] += d  # completing it
+        return out
 
     def feasible(self, z, P) -> bool:
         """Eq. 3 and Eq. 4 hold for choice z wrt the earlier choices P (one per row)."""
@@ -187,7 +217,8 @@ class _Pool:
             full = P[(P == z).sum(1) >= self.overlap]  # Eq. 4 rows with no slack left
             hits = np.zeros_like(self.S)
             np.add.at(hits, (np.tile(r, len(full)), full.ravel()), 1.0)
-            d = np.where(ok & (hits == 0), self.S - self.S[r, z][:, None], np.inf)
+            moves = self.S - self.S[r, z][:, None] + (self.pair_moves(z) if self.pairs else 0.0)
+            d = np.where(ok & (hits == 0), moves, np.inf)
             i, j = np.unravel_index(d.argmin(), d.shape)
             if not d[i, j] < -_TOL:
                 return z
@@ -198,10 +229,10 @@ class _Pool:
 class _Search:
     """The python-mip model of Eq. 3-4, grown by one Eq. 4 row per found solution."""
 
-    def __init__(self, scores, costs, limits, overlap):
-        self.data, self.overlap = (scores, costs, limits), overlap
-        self.model, self.x, self.budget = _build(scores, costs, limits)
-        self.pool, self.overlap_rows, self.found = _Pool(scores, costs, limits, overlap), [], []
+    def __init__(self, scores, costs, limits, overlap, pairs=()):
+        self.data, self.overlap, self.pairs = (scores, costs, limits), overlap, list(pairs)
+        self.model, self.x, self.budget, self.y = _build(scores, costs, limits, self.pairs)
+        self.pool, self.overlap_rows, self.found = _Pool(scores, costs, limits, overlap, self.pairs), [], []
 
     def warm_start(self):
         """Best verified start for the next solution: LP duals price Eq. 3/4, then repair + descent
@@ -225,7 +256,10 @@ class _Search:
         first, (scores, costs, limits) = not self.found, self.data
         warm = None if first else self.warm_start()
         if warm is not None:
-            self.model.start = [(self.x[i, int(j)], 1.0) for i, j in enumerate(warm)]
+            self.model.start = ([(self.x[i, int(j)], 1.0) for i, j in enumerate(warm)]
+                                + [(var, float(warm[self.pairs[p][0]] == self.pairs[p][1]
+                                              and warm[self.pairs[p][2]] == self.pairs[p][3]))
+                                   for p, var in self.y.items()])
         status = self.model.optimize(max_seconds=max(seconds, 0.01))
         action = status_action(status, first)
         if action == RAISE_INFEASIBLE:
@@ -237,9 +271,9 @@ class _Search:
         if action == STOP and not (warm is not None and status == S.NO_SOLUTION_FOUND):
             return None
         choice = None if action == STOP else _read(self.x, self.pool.n)
-        if choice is None or self.pool.value(warm) < self.pool.value(choice) - _TOL:
+        if choice is None or (warm is not None and self.pool.value(warm) < self.pool.value(choice) - _TOL):
             choice, action = warm, (OPTIMAL if action == OPTIMAL else FEASIBLE)  # CBC's slice ended first
-        return _solution(choice, scores, costs, action)
+        return _solution(choice, self.pool, costs, action)
 
     def add(self, sol: Solution) -> None:
         self.found.append(sol)
@@ -248,11 +282,11 @@ class _Search:
         self.overlap_rows.append(self.model.add_constr(row, f"overlap_{len(self.found)}"))
 
 
-def _solution(choice, scores, costs, status) -> Solution:
+def _solution(choice, pool: _Pool, costs, status) -> Solution:
     def total(rows) -> float:
         return float(sum(rows[i][j] for i, j in enumerate(choice)))
 
-    return Solution(choice=[int(j) for j in choice], objective=total(scores),
+    return Solution(choice=[int(j) for j in choice], objective=pool.value(choice),
                     costs={c: total(rows) for c, rows in costs.items()}, status=status)
 
 
@@ -267,7 +301,8 @@ def _read(x, n) -> list[int]:
 
 
 def solve(scores: list[list[float]], costs: dict[str, list[list[float]]], limits: dict[str, float],
-          k: int = 1, max_overlap: float = 0.7, time_limit_s: float = 30.0) -> list[Solution]:
+          k: int = 1, max_overlap: float = 0.7, time_limit_s: float = 30.0,
+          pairs: list[tuple[int, int, int, int, float]] = ()) -> list[Solution]:
     """Up to ``k`` architectures minimising the summed score under the budgets of Eq. 3, each
     sharing at most floor(max_overlap * n_sublayers) choices (capped at n - 1) with every earlier
     one (Eq. 4). NaN/inf scores mark unavailable candidates, never chosen. ``time_limit_s`` is the
@@ -275,10 +310,27 @@ def solve(scores: list[list[float]], costs: dict[str, list[list[float]]], limits
     max(MIN_SLICE_S, time_limit_s / (15 k)) of branch and bound after its warm start. Fewer than
     ``k`` come back when no further diverse solution exists or the time runs out after the first.
     Raises InfeasibleBudget when nothing meets the budget, UnastError when the time limit is hit
-    before a first solution, ValueError on malformed input."""
+    before a first solution, ValueError on malformed input. ``pairs`` are the pair terms of the module
+    docstring; one whose candidates are unavailable never applies and is dropped."""
     _validate(scores, costs, limits, k, max_overlap, time_limit_s)
+    pairs = _valid_pairs(scores, pairs)
     with torch_threads_kept():
-        return _solve(scores, costs, limits, k, max_overlap, time_limit_s)
+        return _solve(scores, costs, limits, k, max_overlap, time_limit_s, pairs)
+
+
+def _valid_pairs(scores, pairs) -> list[tuple[int, int, int, int, float]]:
+    out = []
+    for pair in pairs:
+        i, a, i2, b, delta = pair
+        if i == i2 or not (0 <= i < len(scores) and 0 <= i2 < len(scores)):
+            raise ValueError(f"pair term {pair}: needs two different sublayers of the {len(scores)}")
+        if not (0 <= a < len(scores[i]) and 0 <= b < len(scores[i2])):
+            raise ValueError(f"pair term {pair}: candidate index out of range")
+        if not math.isfinite(delta):
+            raise ValueError(f"pair term {pair}: delta must be finite")
+        if delta != 0 and math.isfinite(scores[i][a]) and math.isfinite(scores[i2][b]):
+            out.append((int(i), int(a), int(i2), int(b), float(delta)))
+    return out
 
 
 @contextlib.contextmanager
@@ -296,11 +348,11 @@ def torch_threads_kept() -> Iterator[None]:
             torch.set_num_threads(threads)
 
 
-def _solve(scores, costs, limits, k, max_overlap, time_limit_s) -> list[Solution]:
+def _solve(scores, costs, limits, k, max_overlap, time_limit_s, pairs=()) -> list[Solution]:
     if any(r > limits[c] for c, r in min_reachable({c: costs[c] for c in limits}, scores).items()):
         raise _infeasible(costs, limits, scores)  # cheap pre-check, no solver needed
     n = len(scores)
-    search = _Search(scores, costs, limits, overlap=min(math.floor(max_overlap * n + 1e-9), n - 1))
+    search = _Search(scores, costs, limits, overlap=min(math.floor(max_overlap * n + 1e-9), n - 1), pairs=pairs)
     deadline, slice_s = time.monotonic() + time_limit_s, max(MIN_SLICE_S, time_limit_s / (15 * k))
     while len(search.found) < k:
         remaining = deadline - time.monotonic()

@@ -61,19 +61,40 @@ def scaled(scores: list[list[float]], pool: list[dict[str, Any]], factor: float)
     return [[e * factor if fitted[j] and e > 0 else e for j, e in enumerate(row)] for row in scores]
 
 
+def block_pairs(scores: list[list[float]], pool: list[dict[str, Any]], block_scores: list[float | None] | None,
+                floor: bool) -> list[tuple[int, int, int, int, float]]:
+    """The ILP's pair terms from the whole-block skip scores (`block_scores[i]` at each block's attention
+    sublayer i, its MLP at i + 1): skipping both costs the block's score, not the sum of the two skips'
+    (`scores` as the search sees them). NaN or missing scores give no term."""
+    skip = next((j for j, spec in enumerate(pool) if spec.get("op") == "identity"), None)
+    pairs = []
+    for i, block in enumerate(block_scores or []):
+        if block is None or skip is None or i + 1 >= len(scores):
+            continue
+        block = max(block, TIE_BREAK) if floor else block
+        delta = block - scores[i][skip] - scores[i + 1][skip]
+        if math.isfinite(delta):
+            pairs.append((i, skip, i + 1, skip, delta))
+    return pairs
+
+
 def plan(scores: list[list[float]], lut: dict[str, Any], budget: dict[str, float], cfg: SearchConfig,
-         weights: list[list[str | None]] | None = None) -> dict[str, Any]:
+         weights: list[list[str | None]] | None = None,
+         block_scores: list[float | None] | None = None) -> dict[str, Any]:
     """K diverse architectures under `budget` = {cost name: fraction of the teacher's cost} (Eq. 3-4).
-    `weights[i][j]` is the trained weights file of candidate j at sublayer i (None if untrained)."""
+    `weights[i][j]` is the trained weights file of candidate j at sublayer i (None if untrained);
+    `block_scores` the whole-block skip scores (see `block_pairs`), None: the search adds single scores."""
     pool = lut["pool"]
     if cfg.floor_scores:
         scores = floored(scores, pool)
     if cfg.fitted_scale != 1.0:
         scores = scaled(scores, pool, cfg.fitted_scale)
+    pairs = block_pairs(scores, pool, block_scores, cfg.floor_scores)
     limits = _limits(lut, budget)
     costs = {name: lut["costs"][name] for name in budget}
     try:
-        solutions = solve(scores, costs, limits, k=cfg.k, max_overlap=cfg.max_overlap, time_limit_s=cfg.time_limit_s)
+        solutions = solve(scores, costs, limits, k=cfg.k, max_overlap=cfg.max_overlap, time_limit_s=cfg.time_limit_s,
+                          pairs=pairs)
     except InfeasibleBudget as exc:
         raise _infeasible(lut, budget, exc.reachable) from None
     architectures = []

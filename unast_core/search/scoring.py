@@ -31,7 +31,7 @@ def score_sublayer(model: torch.nn.Module, tokens: torch.Tensor, states_dir: Pat
                    candidates: list[dict[str, Any]], base_loss: float, batch_size: int,
                    weights: list[str | dict | None] | None = None,
                    on_candidate: Callable[[int, float], None] | None = None, metric: str = "lm_loss",
-                   dtype: str = "float32") -> dict[str, Any]:
+                   dtype: str = "float32", block: bool = False) -> dict[str, Any]:
     """Scores of every candidate at sublayer `index` on validation tokens (N, T).
 
     `weights[j]` is the trained candidate's .safetensors, {"error": why} when its distillation failed,
@@ -41,6 +41,8 @@ def score_sublayer(model: torch.nn.Module, tokens: torch.Tensor, states_dir: Pat
     a non-finite loss scores NaN with its error recorded (the search leaves both out). Under a `dtype` other
     than float32 the model runs under autocast and the teacher's loss is measured the same way (not taken
     from `base_loss`, an fp32 figure), so that a score compares like with like; hidden_nmse stays fp32.
+    With `block`, an attention sublayer also scores its whole block skipped (attention and MLP both
+    identity) as "block_score" (None when the pool has no identity or the block has no MLP sublayer).
     """
     adapter = Adapter(model)
     sub = adapter.sublayers[index]
@@ -50,8 +52,34 @@ def score_sublayer(model: torch.nn.Module, tokens: torch.Tensor, states_dir: Pat
     with autocast(dtype, str(hidden.device)):
         measure = _metric(adapter, sub.block, hidden, tokens, states_dir, batch_size, metric)
         base = (base_loss if dtype == "float32" else measure()) if metric == "lm_loss" else 0.0
-        return _score_candidates(adapter, index, candidates, weights, measure, base, on_candidate, metric,
-                                 start_time)
+        result = _score_candidates(adapter, index, candidates, weights, measure, base, on_candidate, metric,
+                                   start_time)
+        if block:
+            result["block_score"] = _block_score(adapter, index, candidates, measure, base)
+            result["wall_s"] = time.perf_counter() - start_time
+        return result
+
+
+def whole_block_scored(adapter: Adapter, index: int, candidates: list[dict[str, Any]]) -> bool:
+    """Whether sublayer `index` carries its block's whole-skip score: it is the block's attention, the block
+    has an MLP sublayer and the pool can skip both."""
+    sub = adapter.sublayers[index]
+    return (sub.kind == "attn" and any(s.block == sub.block and s.kind == "mlp" for s in adapter.sublayers)
+            and any(spec["op"] == "identity" for spec in candidates))
+
+
+def _block_score(adapter: Adapter, index: int, candidates: list[dict[str, Any]], measure: Callable[[], float],
+                 base: float) -> float | None:
+    """The score of skipping the whole block of attention sublayer `index`. Two skips in one block are not
+    additive: on SmolLM2-135M, removing ShortGPT's 8 blocks at once raised the held-out loss by 1.36 nats,
+    where the 16 single skips summed to 1.77."""
+    if not whole_block_scored(adapter, index, candidates):
+        return None
+    sub = adapter.sublayers[index]
+    skip = {s.index: {"op": "identity"} for s in adapter.sublayers if s.block == sub.block}
+    with adapter.swapped(skip):
+        loss = measure()
+    return loss - base if math.isfinite(loss) else None
 
 
 def _score_candidates(adapter: Adapter, index: int, candidates: list[dict[str, Any]],

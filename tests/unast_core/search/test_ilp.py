@@ -335,3 +335,70 @@ def test_solve_gives_torch_back_its_threads():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# --- pair terms (a whole block skipped is not the sum of its two skips) -------------------------
+
+def pair_value(scores, pairs, choice):
+    return (sum(scores[i][j] for i, j in enumerate(choice))
+            + sum(d for i, a, i2, b, d in pairs if choice[i] == a and choice[i2] == b))
+
+
+def random_pairs(rng: random.Random, scores):
+    """Pair terms of either sign between neighbouring sublayers (as attention and MLP of one block are)."""
+    pairs = []
+    for i in range(0, len(scores) - 1, 2):
+        a, b = rng.randrange(len(scores[i])), rng.randrange(len(scores[i + 1]))
+        pairs.append((i, a, i + 1, b, rng.uniform(-3.0, 2.0)))
+    return pairs
+
+
+def brute_force_pairs(scores, costs, limits, pairs, previous=(), bound=None):
+    available = [[j for j, s in enumerate(row) if math.isfinite(s)] for row in scores]
+    best = None
+    for choice in itertools.product(*available):
+        if any(sum(costs[c][i][j] for i, j in enumerate(choice)) > limits[c] + TOL for c in limits):
+            continue
+        if previous and any(sum(a == b for a, b in zip(choice, p)) > bound for p in previous):
+            continue
+        value = pair_value(scores, pairs, choice)
+        best = value if best is None else min(best, value)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_pair_terms_reach_the_brute_force_optimum(seed):
+    rng = random.Random(5000 + seed)
+    scores, costs, limits = random_instance(rng)
+    pairs = random_pairs(rng, scores)
+    k = rng.randint(1, 4)
+    sols = solve(scores, costs, limits, k=k, max_overlap=0.5, pairs=pairs)
+    bound = overlap_bound(len(scores), 0.5)
+    for idx, sol in enumerate(sols):
+        assert sol.objective == pytest.approx(pair_value(scores, pairs, sol.choice))
+        best = brute_force_pairs(scores, costs, limits, pairs, [s.choice for s in sols[:idx]], bound)
+        assert sol.objective == pytest.approx(best, rel=1e-4, abs=1e-6), idx
+
+
+def test_a_sub_additive_pair_wins_over_two_cheaper_singles():
+    # Two sublayers, candidates (keep, skip): each skip alone scores 1.0 and together they score 0.5 (pair
+    # term -1.5). A third sublayer's skip scores 0.8. The budget allows two skips: without the pair term the
+    # search skips sublayer 2 and one of 0 / 1 (1.8); with it, 0 and 1 together (0.5).
+    scores = [[0.0, 1.0], [0.0, 1.0], [0.0, 0.8]]
+    costs = {"latency": [[1.0, 0.0]] * 3}
+    limits = {"latency": 1.0}
+    [plain] = solve(scores, costs, limits)
+    [paired] = solve(scores, costs, limits, pairs=[(0, 1, 1, 1, -1.5)])
+    assert plain.choice[2] == 1 and plain.objective == pytest.approx(1.8)
+    assert paired.choice == [1, 1, 0] and paired.objective == pytest.approx(0.5)
+
+
+def test_pair_terms_on_unavailable_candidates_are_dropped_and_bad_ones_rejected():
+    scores = [[0.0, math.nan], [0.0, 1.0]]
+    costs = {"latency": [[1.0, 0.0], [1.0, 0.0]]}
+    [sol] = solve(scores, costs, {"latency": 1.0}, pairs=[(0, 1, 1, 1, -5.0)])
+    assert sol.choice == [0, 1] and sol.objective == pytest.approx(1.0)
+    for bad, match in [((0, 0, 0, 1, -1.0), "two different"), ((0, 3, 1, 1, -1.0), "out of range"),
+                       ((0, 0, 1, 1, math.nan), "finite")]:
+        with pytest.raises(ValueError, match=match):
+            solve(scores, costs, {"latency": 1.0}, pairs=[bad])

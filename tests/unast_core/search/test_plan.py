@@ -88,3 +88,22 @@ def test_fitted_scale_moves_the_choice_from_distilled_replacements_to_skips():
     on = plan(scores, lut, budget, SearchConfig(k=1))["architectures"][0]  # the default: 2
     assert off["choice"][1] == 2 and on["choice"][1] == 1  # 0.08 beats the skip's 0.1; 0.16 does not
     assert on["score_sum"] > off["score_sum"]
+
+
+def test_a_whole_block_scored_as_one_skip_is_taken_over_two_scattered_skips():
+    """Sublayers 0-1 are one block. Skipped one by one they score 0.4 + 0.1 and the search would skip 1 and 3
+    (0.3); skipped together they score 0.15, so with the block score it skips the block (0, 1) instead, and
+    reports that score. A super-additive block score keeps the pair apart."""
+    from unast_core.search.plan import block_pairs
+
+    budget = {"latency": 0.6}  # two of the four sublayers skipped
+    assert plan(SCORES, LUT, budget, SearchConfig(k=1))["architectures"][0]["choice"] == [0, 1, 0, 1]
+    best = plan(SCORES, LUT, budget, SearchConfig(k=1), block_scores=[0.15, None, 0.9, None])["architectures"][0]
+    assert best["choice"] == [1, 1, 0, 0] and best["score_sum"] == pytest.approx(0.15)
+    assert block_pairs(SCORES, LUT["pool"], [0.15, None, 0.9, None], True) == [
+        (0, 1, 1, 1, pytest.approx(-0.35)), (2, 1, 3, 1, pytest.approx(0.4))]
+    # a sub-additive block that is still worse than two scattered skips is not taken
+    worse = plan(SCORES, LUT, budget, SearchConfig(k=1), block_scores=[0.45, None, None, None])["architectures"][0]
+    assert worse["choice"] == [0, 1, 0, 1]
+    assert block_pairs(SCORES, LUT["pool"], [-0.2, None, math.nan, None], True)[0][4] == pytest.approx(1e-6 - 0.5)
+    assert block_pairs(SCORES, [{"op": "teacher"}, {"op": "linear"}], [0.1, None, None, None], True) == []
