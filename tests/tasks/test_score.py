@@ -5,6 +5,7 @@ import pandas as pd
 from tasks.distill import distill_candidate
 from tasks.score import score, score_table
 from unast_core.records import Scored, ScoreTable, weights_matrix
+from unast_core.store import read_json
 
 
 def _weights(store):
@@ -37,3 +38,19 @@ def test_a_failed_candidate_scores_nan_with_its_error(store):
     scored = score.fn(store.prep, store.states, 1, row, store.config.score)
     assert math.isnan(scored.scores[j]) and "diverged" in scored.errors[j]
     assert all(math.isfinite(s) for k, s in enumerate(scored.scores) if k != j and store.prep.pool[k]["op"] != "attention")
+
+
+def test_block_scores_ride_with_the_attention_sublayers_and_leave_the_other_keys_alone(store):
+    """score.blocks adds a whole-block score to each attention sublayer (a new key: rescored) and a
+    block_scores column to the table; the MLP sublayers' records are reused as they are."""
+    weights = _weights(store)
+    cfg = store.config.score
+    plain = [score.fn(store.prep, store.states, i, weights[i], cfg) for i in range(4)]
+    on = cfg.model_copy(update={"blocks": True})
+    blocks = [score.fn(store.prep, store.states, i, weights[i], on) for i in range(4)]
+    assert [r.reused for r in blocks] == [False, True, False, True]  # attention rescored, MLP reused
+    assert all(r.block_score is None for r in plain) and [r.block_score is None for r in blocks] == [False, True] * 2
+    assert [r.scores for r in blocks] == [r.scores for r in plain]
+    assert "block_scores" not in read_json(score_table.fn(store.prep, plain, weights[:4]).path)
+    table = read_json(score_table.fn(store.prep, blocks, weights[:4]).path)
+    assert table["block_scores"] == [blocks[0].block_score, None, blocks[2].block_score, None]
