@@ -162,11 +162,12 @@ class ScoreConfig(_Strict):
     seqs: int | None = Field(3, gt=0, description="validation sequences scored (the first N; None: all)")
     # Eq. 2 adds up single replacements, but two skips in one block do not add up: on SmolLM2-135M, with the
     # 8 blocks ShortGPT removes at latency 0.75 skipped at once, the loss rose by 1.40 nats on held-out news
-    # (1.35 on fresh teacher samples), where the 16 single skips sum to 1.62 (1.79) and the 8 whole-block scores
-    # to 1.35 (1.47) (bench/results/additivity.md). With this on, the search sees a whole block skipped at its own score (a pair term of the
-    # ILP) and takes more whole blocks (7 at latency 0.5 against 3), but held out, after the finetune, it did
-    # not pay on the default store (bench/results/ablation.md): 2.33 vs 2.35 at 0.75, 6.84 vs 6.72 at 0.5
-    # (KL 0.966 vs 0.980, 2.040 vs 2.041). Off by default: a sixth more scoring forwards for no measured gain.
+    # (1.35 on fresh teacher samples), where the 16 single skips sum to 1.62 (1.79) and the 8 whole-block
+    # scores to 1.35 (1.47) (bench/results/additivity.md). With this on, the search sees a whole block skipped
+    # at its own score (a pair term of the ILP) and takes more whole blocks (7 at latency 0.5 against 3), but
+    # held out, after the finetune, it did not pay on the default store (bench/results/ablation.md): 2.33 vs
+    # 2.35 at 0.75, 6.84 vs 6.72 at 0.5 (KL 0.966 vs 0.980, 2.040 vs 2.041). Off by default: a sixth more
+    # scoring forwards for no measured gain.
     blocks: bool = Field(False, description="also score each block skipped whole (attention and MLP at once), "
                          "one more forward per block, and let the search use that score for the pair")
 

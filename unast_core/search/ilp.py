@@ -14,6 +14,7 @@ Optional pair terms ``(i, a, i2, b, delta)`` add ``delta`` to the objective when
 and b at i2, where the two do not add up (skipping a whole block costs less than skipping its attention and
 its MLP one by one). Each is a continuous y in [0, 1] with y <= x[i, a], y <= x[i2, b] (delta < 0) or
 y >= x[i, a] + x[i2, b] - 1 (delta > 0): at an optimum y is their product.
+
 The model is built once; each found solution adds one Eq. 4 row before the next optimize. The
 first solution gets the whole time budget. Proving later ones optimal is a hard combinatorial
 problem on large pools (80 x 16: seconds each, mostly closing a <0.5% gap), so each later solve
