@@ -6,7 +6,7 @@ from tasks.common import computing, splits, teacher_for
 from unast_core.config import ScoreConfig
 from unast_core.model.ops import OpSpec
 from unast_core.records import Prepared, Scored, ScoreTable, States
-from unast_core.search.scoring import score_sublayer
+from unast_core.search.scoring import carries_block_score, score_sublayer
 from unast_core import faults
 from unast_core.integrity import intact
 from unast_core.locks import unit_lock
@@ -19,7 +19,7 @@ def score(prep: Prepared, states: States, index: int, weights: list, cfg: ScoreC
     `weights[j]` is candidate j's trained weights at this sublayer (see `score_sublayer`)."""
     # A block's whole-skip score rides with its attention sublayer; `blocks` enters only that key, so the
     # MLP sublayers' scores (and every score of a store written before it existed) stay valid.
-    block = cfg.blocks and prep.sublayers[index].endswith(".attn") and any(s["op"] == "identity" for s in prep.pool)
+    block = cfg.blocks and carries_block_score(prep.sublayers[index].split(".")[1], prep.pool)
     key = content_key(prep.data_key, prep.pool, weights, cfg.model_dump(exclude={"blocks"}), index,
                       *prep.compute_key(), *(("block",) if block else ()))
     path = prep.store().path("scores", key[:2], f"{key}.json")

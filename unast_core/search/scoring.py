@@ -60,12 +60,10 @@ def score_sublayer(model: torch.nn.Module, tokens: torch.Tensor, states_dir: Pat
         return result
 
 
-def whole_block_scored(adapter: Adapter, index: int, candidates: list[dict[str, Any]]) -> bool:
-    """Whether sublayer `index` carries its block's whole-skip score: it is the block's attention, the block
-    has an MLP sublayer and the pool can skip both."""
-    sub = adapter.sublayers[index]
-    return (sub.kind == "attn" and any(s.block == sub.block and s.kind == "mlp" for s in adapter.sublayers)
-            and any(spec["op"] == "identity" for spec in candidates))
+def carries_block_score(kind: str, candidates: list[dict[str, Any]]) -> bool:
+    """Whether a sublayer of this kind carries its block's whole-skip score: it is the block's attention
+    (every block has an attention and an MLP sublayer) and the pool can skip both."""
+    return kind == "attn" and any(spec["op"] == "identity" for spec in candidates)
 
 
 def _block_score(adapter: Adapter, index: int, candidates: list[dict[str, Any]], measure: Callable[[], float],
@@ -73,9 +71,9 @@ def _block_score(adapter: Adapter, index: int, candidates: list[dict[str, Any]],
     """The score of skipping the whole block of attention sublayer `index`. Two skips in one block are not
     additive: on SmolLM2-135M, removing ShortGPT's 8 blocks at once raised the held-out loss by 1.40 nats,
     where the 16 single skips sum to 1.62 (bench/results/additivity.md)."""
-    if not whole_block_scored(adapter, index, candidates):
-        return None
     sub = adapter.sublayers[index]
+    if not carries_block_score(sub.kind, candidates):
+        return None
     skip = {s.index: {"op": "identity"} for s in adapter.sublayers if s.block == sub.block}
     with adapter.swapped(skip):
         loss = measure()
