@@ -37,7 +37,7 @@ def prepare(teacher_cfg: TeacherConfig, data_cfg: DataConfig, cost_cfg: CostConf
     deploy = resolve_dtype(cost_cfg.dtype or compute.dtype, device)
     n_generated = sum(generated_rows(data_cfg).values())
     gen_key = generated_key(n_generated, data_cfg.seq_len, data_cfg.generate_temperature, data_cfg.generate_top_p,
-                            data_cfg.seed, dtype) if n_generated else None
+                            data_cfg.seed, dtype, data_cfg.generate_start) if n_generated else None
     data_key = data_fingerprint(data_cfg, teacher.tokenizer.name_or_path or teacher.source, gen_key)
     path = store.path("data", f"{data_key}.safetensors")
     with unit_lock(path):
@@ -61,7 +61,8 @@ def teacher_samples(teacher, store: RunStore, key: str, rows: int, cfg: DataConf
             bar = progress(-(-rows // 64), "sample teacher text")
             with computing():
                 tokens = sample_rows(teacher.model, teacher.tokenizer, rows, cfg.seq_len, cfg.generate_temperature,
-                                     cfg.generate_top_p, cfg.seed, dtype, on_batch=lambda done, total: bar.update(1))
+                                     cfg.generate_top_p, cfg.seed, dtype, on_batch=lambda done, total: bar.update(1),
+                                     start=cfg.generate_start)
             bar.close()
             write_tensors(path, {"ids": tokens})
         return read_tensors(path)["ids"]

@@ -56,6 +56,8 @@ class DataConfig(_Strict):
                                       "rows that are text sampled from the teacher (0: none)")
     generate_temperature: float = Field(1.0, gt=0)
     generate_top_p: float = Field(0.95, gt=0, le=1)
+    generate_start: Literal["bos", "random-token"] = Field("bos", description="how each teacher sample opens: "
+                                                           "bos, or bos then one uniformly random ordinary token")
     # Quality is always reported on text from a domain no stage trains on, next to the in-domain test split.
     heldout: str | None = Field("lee-news", description="held-out evaluation text: lee-news (300 Australian news "
                                 "articles, the Lee corpus shipped in the gensim wheel), a local file or an HF "

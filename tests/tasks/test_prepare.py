@@ -55,4 +55,6 @@ def test_teacher_samples_are_cached_and_keyed_by_their_settings(tmp_path, monkey
     assert len(calls) == 1 and stored.stat().st_mtime_ns == stamp
     hotter = run(config.model_copy(update={"data": config.data.model_copy(update={"generate_temperature": 0.7})}))
     assert hotter.generated_key != first.generated_key and len(calls) == 2
+    opened = run(config.model_copy(update={"data": config.data.model_copy(update={"generate_start": "random-token"})}))
+    assert opened.generated_key not in (first.generated_key, hotter.generated_key) and len(calls) == 3
     assert run(smoke_config(tmp_path)).generated_key is None  # the default smoke data has no samples

@@ -1,5 +1,6 @@
 """Teacher-sampled calibration text: sampling, the cache key, mixing into the splits (no downloads)."""
 
+import pytest
 import torch
 
 from unast_core.config import DataConfig
@@ -18,6 +19,25 @@ def test_samples_are_seeded_full_length_and_never_end():
     assert not torch.equal(rows, sample_rows(teacher.model, teacher.tokenizer, 3, 12, seed=1, batch_size=2))
 
 
+def test_random_start_opens_each_row_with_an_ordinary_token():
+    teacher = tiny_random_teacher()
+    tok = teacher.tokenizer
+    rows = sample_rows(teacher.model, tok, 32, 6, seed=0, batch_size=8, start="random-token")
+    assert rows.shape == (32, 6) and (rows[:, 0] == tok.eos_token_id).all()
+    openers = set(rows[:, 1].tolist())
+    assert not openers & set(tok.all_special_ids) and max(openers) < len(tok)
+    assert len(openers) >= 16  # 32 uniform draws: the openers vary, where BOS-started rows share one prefix
+    assert torch.equal(rows, sample_rows(teacher.model, tok, 32, 6, seed=0, batch_size=8, start="random-token"))
+    bos = sample_rows(teacher.model, tok, 32, 6, seed=0, batch_size=8)
+    assert not torch.equal(rows, bos)
+
+
+def test_an_unknown_start_is_refused():
+    teacher = tiny_random_teacher()
+    with pytest.raises(ValueError, match="bos, random-token"):
+        sample_rows(teacher.model, teacher.tokenizer, 1, 4, start="middle")
+
+
 def test_top_p_keeps_the_smallest_set_reaching_the_mass():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     kept = torch.isfinite(_top_p_filter(logits, 0.7))
@@ -30,8 +50,8 @@ def test_every_setting_changes_the_key():
     base = dict(rows=68, seq_len=256, temperature=1.0, top_p=0.95, seed=0, dtype="bfloat16")
     keys = {generated_key(**base)} | {generated_key(**{**base, k: v}) for k, v in
                                      [("rows", 69), ("seq_len", 128), ("temperature", 0.8), ("top_p", 0.9),
-                                      ("seed", 1), ("dtype", "float32")]}
-    assert len(keys) == 7 and generated_key(**base) == generated_key(**base)
+                                      ("seed", 1), ("dtype", "float32"), ("start", "random-token")]}
+    assert len(keys) == 8 and generated_key(**base) == generated_key(**base)
 
 
 def test_interleave_spreads_generated_rows_evenly():
