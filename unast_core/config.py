@@ -230,6 +230,10 @@ class SearchConfig(_Strict):
     fitted_scale: float = Field(2.0, ge=1.0, description="multiply the score of every distilled replacement "
                                 "(linear, attention, mlp) by this much before the search, a prior that what it "
                                 "learned from the calibration text transfers worse than its score says; 1: off")
+    depth_seed: Literal["shortgpt", "shortened-llama"] | None = Field(
+        None, description="also short-finetune, in select, the architecture this depth-pruning method settles "
+                          "on for the budget (whole blocks removed), so the pick is never worse on validation "
+                          "than it; None: the searched architectures only")
     # Timing on a shared host moves a ratio by about this much between repeats of the same measurement
     # (stop 9's side-by-side readings spread 0.009-0.055), so a measured latency holds within it.
     latency_tolerance: float = Field(0.02, ge=0, lt=1, description="a measured latency ratio holds the budget "

@@ -65,7 +65,32 @@ def choose_unast(budget: dict[str, float], lut: dict[str, Any], config: RunConfi
     choices = [Choice(arch=a, stem=stem, chart=str(Path(found.path).with_suffix(f".arch{a.rank}.png")),
                       candidates=a.weights, finetune=config.finetune,
                       results={"search_measured_latency_ratio": a.measured_ratio}) for a in archs]
+    if config.search.depth_seed:
+        seed = _depth_seed(config.search.depth_seed, budget, lut, config, tools, [a.layers for a in archs],
+                           max((a.rank for a in found.architectures), default=-1) + 1, found.path)
+        choices += [seed] if seed else []
     return Shortlist(choices=choices, select=True, stages={"solutions": found.tracked()})
+
+
+def _depth_seed(method: str, budget: dict[str, float], lut: dict[str, Any], config: RunConfig, tools: Tools,
+                searched: list[Layers], rank: int, solutions: str) -> Choice | None:
+    """`search.depth_seed`: the depth-pruned architecture `method` (ShortGPT, ...) would settle on for this
+    budget, as one more entry of the shortlist that select short-finetunes, so the pick is never worse on
+    validation than removing whole blocks. None when no block removal holds the budget or the search found it."""
+    try:
+        plan, costs, ranked = _depth_plan(method, budget, lut, config, tools)
+    except InfeasibleBudget as exc:
+        tools.log(f"depth seed {method}: {exc}; select tries the searched architectures only")
+        return None
+    if plan["layers"] in searched:
+        return None
+    arch = Architecture(rank=rank, layers=plan["layers"], summary=describe(plan["layers"]),
+                        predicted_ratio=plan["predicted_ratio"], measured_ratio=costs["latency"])
+    tools.log(f"architecture {rank} (depth seed, {method}): {arch.summary} measured latency {costs['latency']:.3f}")
+    return Choice(arch=arch, stem=Path(solutions).stem, chart=str(Path(solutions).with_suffix(f".arch{rank}.png")),
+                  finetune=config.finetune, results={"search_measured_latency_ratio": costs["latency"],
+                                                     "depth_seed": method, "removed_blocks": plan["removed"],
+                                                     "criterion": ranked["criterion"]})
 
 
 def pick_best(shortlist: Shortlist, trials: list[Trained]) -> Choice:
@@ -96,13 +121,13 @@ def _one(tools: Tools, layers: Layers) -> dict[str, float]:
     return {"latency": costs["latency"][0], "params": costs["params"][0]}
 
 
-def choose_depth(budget: dict[str, float], lut: dict[str, Any], config: RunConfig, tools: Tools) -> Shortlist:
-    """ShortGPT / Shortened LLaMA: rank blocks, drop the least important until the budget holds (predicted
-    by the table, then measured): blocks go back while the measurement still holds the budget, one more
-    block goes while it exceeds it. So each lands on the fewest blocks whose measurement holds the budget."""
-    ranked = tools.importance(config.method)
+def _depth_plan(method: str, budget: dict[str, float], lut: dict[str, Any], config: RunConfig,
+                tools: Tools) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
+    """The blocks `method` ranks least important, removed until the measured budget holds: (plan, its
+    measured costs, the ranking)."""
+    ranked = tools.importance(method)
     order = removal_order(ranked["importance"])
-    tools.log(f"{config.method}: {ranked['criterion']} per block {[round(x, 4) for x in ranked['importance']]}")
+    tools.log(f"{method}: {ranked['criterion']} per block {[round(x, 4) for x in ranked['importance']]}")
 
     def on_step(step: str, removed: int, latency: float) -> None:
         tools.log(f"removing {removed} blocks measures latency {latency:.3f}, "
@@ -110,7 +135,15 @@ def choose_depth(budget: dict[str, float], lut: dict[str, Any], config: RunConfi
 
     plan, costs = measured_depth_plan(lut, order, budget, lambda p: _one(tools, p["layers"]),
                                       config.search.latency_tolerance, on_step)
-    tools.log(f"{config.method} removes blocks {plan['removed']}: measured latency {costs['latency']:.3f}")
+    tools.log(f"{method} removes blocks {plan['removed']}: measured latency {costs['latency']:.3f}")
+    return plan, costs, ranked
+
+
+def choose_depth(budget: dict[str, float], lut: dict[str, Any], config: RunConfig, tools: Tools) -> Shortlist:
+    """ShortGPT / Shortened LLaMA: rank blocks, drop the least important until the budget holds (predicted
+    by the table, then measured): blocks go back while the measurement still holds the budget, one more
+    block goes while it exceeds it. So each lands on the fewest blocks whose measurement holds the budget."""
+    plan, costs, ranked = _depth_plan(config.method, budget, lut, config, tools)
     return _baseline(config, tools, plan["layers"], plan["predicted_ratio"], costs["latency"],
                      f"{config.method}-{content_key(plan['layers'])}",
                      {"removed_blocks": plan["removed"], "criterion": ranked["criterion"],
