@@ -56,6 +56,8 @@ class DataConfig(_Strict):
                                       "rows that are text sampled from the teacher (0: none)")
     generate_temperature: float = Field(1.0, gt=0)
     generate_top_p: float = Field(0.95, gt=0, le=1)
+    # A random opener after BOS (LLM-QAT's data-free start) did not pay on a fresh store (bench/results/ablation.md):
+    # held-out 3.01 at latency 0.75 and 6.64 at 0.5, against the default's 2.24-2.60 and 6.56-6.84.
     generate_start: Literal["bos", "random-token"] = Field("bos", description="how each teacher sample opens: "
                                                            "bos, or bos then one uniformly random ordinary token")
     # Quality is always reported on text from a domain no stage trains on, next to the in-domain test split.
@@ -230,6 +232,10 @@ class SearchConfig(_Strict):
     fitted_scale: float = Field(2.0, ge=1.0, description="multiply the score of every distilled replacement "
                                 "(linear, attention, mlp) by this much before the search, a prior that what it "
                                 "learned from the calibration text transfers worse than its score says; 1: off")
+    # ShortGPT's architecture, finetuned like UNAST's student, beat it held out on the same store (2.05 vs 2.24 at
+    # latency 0.75, 4.68 vs 6.79 at 0.5), but select, short-finetuning it next to the searched ones, ranked it below
+    # them after 5 steps and after 24 (bench/results/ablation.md): the short finetune does not predict the final
+    # one. Off by default until select does.
     depth_seed: Literal["shortgpt", "shortened-llama"] | None = Field(
         None, description="also short-finetune, in select, the architecture this depth-pruning method settles "
                           "on for the budget (whole blocks removed), so the pick is never worse on validation "

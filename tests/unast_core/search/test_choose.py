@@ -1,0 +1,70 @@
+"""UNAST's shortlist with a depth seed: the core's decision bound to plain functions (no model)."""
+
+import pytest
+
+from unast_core.config import RunConfig
+from unast_core.errors import InfeasibleBudget
+from unast_core.model.assemble import describe
+from unast_core.records import Architecture, Searched
+from unast_core.search.choose import Tools, choose_depth, choose_unast
+
+POOL = [{"op": "teacher"}, {"op": "identity"}, {"op": "linear"}]
+BLOCKS = 4
+
+
+def _lut():
+    # per block: attention 1 s / 10 params, MLP 2 s / 20 params; 2 s and 20 params outside the blocks
+    return {"pool": POOL, "costs": {"latency": [[1.0, 0.0, 0.5], [2.0, 0.0, 0.5]] * BLOCKS,
+                                    "params": [[10, 0, 5], [20, 0, 5]] * BLOCKS},
+            "fixed": {"latency": 2.0, "params": 20}, "teacher": {"latency": 2.0 + 3.0 * BLOCKS, "params": 20 + 30 * BLOCKS}}
+
+
+def _tools(tmp_path, searched_layers, logs):
+    def measure(layer_sets):  # exact: each whole block removed saves 3 s and 30 params
+        kept = [sum(layer["attn"]["op"] != "identity" for layer in layers) for layers in layer_sets]
+        return {"latency": [(2 + 3 * k) / 14 for k in kept], "params": [(20 + 30 * k) / 140 for k in kept]}
+
+    def search(budget):
+        arch = Architecture(rank=0, layers=searched_layers, summary=describe(searched_layers), weights={"1": "w.safetensors"})
+        return Searched(path=str(tmp_path / "solutions.json"), budget=budget, architectures=[arch])
+
+    def unused(*_):
+        raise AssertionError("not a tool UNAST's shortlist uses")
+
+    return Tools(run_dir=str(tmp_path), measure=measure, search=search,
+                 importance=lambda method: {"importance": [0.3, 0.9, 0.1, 0.5], "criterion": "block influence"},
+                 uniform_layers=unused, teacher_init=unused, scratch_init=unused, log=logs.append)
+
+
+LINEAR_MLPS = [{"attn": {"op": "teacher"}, "mlp": {"op": "linear"}} for _ in range(BLOCKS)]
+
+
+def _config(seed):
+    config = RunConfig()
+    return config.model_copy(update={"search": config.search.model_copy(update={"depth_seed": seed})})
+
+
+def test_the_depth_seed_joins_the_searched_architectures_in_select(tmp_path):
+    logs = []
+    plain = choose_unast({"params": 0.6}, _lut(), _config(None), _tools(tmp_path, LINEAR_MLPS, logs))
+    assert plain.select and [c.arch.summary for c in plain.choices] == [describe(LINEAR_MLPS)]
+    short = choose_unast({"params": 0.6}, _lut(), _config("shortgpt"), _tools(tmp_path, LINEAR_MLPS, logs))
+    assert len(short.choices) == 2 and short.choices[0] == plain.choices[0]
+    seed = short.choices[1]
+    # least important blocks first (2, then 0): two go for 80 of 140 params <= 0.6
+    assert seed.results["depth_seed"] == "shortgpt" and seed.results["removed_blocks"] == [0, 2]
+    assert seed.arch.summary == "-- TT -- TT" and seed.arch.rank == 1 and seed.candidates == {}
+    assert seed.arch.measured_ratio == pytest.approx(8 / 14) and seed.stem == "solutions"
+
+
+def test_the_depth_seed_is_left_out_when_searched_or_out_of_reach(tmp_path):
+    logs = []
+    depth = [{"attn": {"op": "identity" if b in (0, 2) else "teacher"}, "mlp": {"op": "identity" if b in (0, 2) else "teacher"}}
+             for b in range(BLOCKS)]
+    found = choose_unast({"params": 0.6}, _lut(), _config("shortgpt"), _tools(tmp_path, depth, logs))
+    assert len(found.choices) == 1  # the search found it already: not tried twice
+    tools = _tools(tmp_path, LINEAR_MLPS, logs)
+    out_of_reach = choose_unast({"params": 0.05}, _lut(), _config("shortgpt"), tools)
+    assert len(out_of_reach.choices) == 1 and "select tries the searched architectures only" in logs[-1]
+    with pytest.raises(InfeasibleBudget):  # the baseline itself still says so
+        choose_depth({"params": 0.05}, _lut(), _config(None).model_copy(update={"method": "shortgpt"}), tools)
