@@ -235,7 +235,8 @@ class SearchConfig(_Strict):
     # ShortGPT's architecture, finetuned like UNAST's student, beat it held out on the same store (2.05 vs 2.24 at
     # latency 0.75, 4.68 vs 6.79 at 0.5), but select, short-finetuning it next to the searched ones, ranked it below
     # them after 5 steps and after 24 (bench/results/ablation.md): the short finetune does not predict the final
-    # one. Off by default until select does.
+    # one. Trained like the final finetune (24 KD-only steps at 3e-4), select picked it at 0.75 (by 0.01 nats;
+    # held-out 2.05), one run: off by default until that holds at 0.5 and on another store.
     depth_seed: Literal["shortgpt", "shortened-llama"] | None = Field(
         None, description="also short-finetune, in select, the architecture this depth-pruning method settles "
                           "on for the budget (whole blocks removed), so the pick is never worse on validation "
