@@ -3,8 +3,9 @@
 The teacher writes from its beginning-of-text token with temperature and nucleus (top-p) sampling, a
 seeded generator and no end-of-text (each row is `seq_len` tokens of its prose). With `start="random-token"`
 the token after BOS is drawn uniformly from the non-special vocabulary (the data-free distillation of
-LLM-QAT): each row then opens somewhere else, rather than where the teacher most likes to begin. Rows are cached in the run
-store under a key of every setting that shapes them (`generated_key`), so a rerun samples nothing.
+LLM-QAT): each row then opens somewhere else, rather than where the teacher most likes to begin. Rows are
+cached in the run store under a key of every setting that shapes them (`generated_key`), so a rerun samples
+nothing.
 """
 
 from __future__ import annotations

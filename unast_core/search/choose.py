@@ -78,7 +78,7 @@ def _depth_seed(method: str, budget: dict[str, float], lut: dict[str, Any], conf
     budget, as one more entry of the shortlist that select short-finetunes, so the pick is never worse on
     validation than removing whole blocks. None when no block removal holds the budget or the search found it."""
     try:
-        plan, costs, ranked = _depth_plan(method, budget, lut, config, tools)
+        plan, costs, facts = _depth_plan(method, budget, lut, config, tools)
     except InfeasibleBudget as exc:
         tools.log(f"depth seed {method}: {exc}; select tries the searched architectures only")
         return None
@@ -89,8 +89,7 @@ def _depth_seed(method: str, budget: dict[str, float], lut: dict[str, Any], conf
     tools.log(f"architecture {rank} (depth seed, {method}): {arch.summary} measured latency {costs['latency']:.3f}")
     return Choice(arch=arch, stem=Path(solutions).stem, chart=str(Path(solutions).with_suffix(f".arch{rank}.png")),
                   finetune=config.finetune, results={"search_measured_latency_ratio": costs["latency"],
-                                                     "depth_seed": method, "removed_blocks": plan["removed"],
-                                                     "criterion": ranked["criterion"]})
+                                                     "depth_seed": method, **facts})
 
 
 def pick_best(shortlist: Shortlist, trials: list[Trained]) -> Choice:
@@ -124,7 +123,7 @@ def _one(tools: Tools, layers: Layers) -> dict[str, float]:
 def _depth_plan(method: str, budget: dict[str, float], lut: dict[str, Any], config: RunConfig,
                 tools: Tools) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
     """The blocks `method` ranks least important, removed until the measured budget holds: (plan, its
-    measured costs, the ranking)."""
+    measured costs, what results.json records of the choice: the blocks removed and the ranking)."""
     ranked = tools.importance(method)
     order = removal_order(ranked["importance"])
     tools.log(f"{method}: {ranked['criterion']} per block {[round(x, 4) for x in ranked['importance']]}")
@@ -136,18 +135,17 @@ def _depth_plan(method: str, budget: dict[str, float], lut: dict[str, Any], conf
     plan, costs = measured_depth_plan(lut, order, budget, lambda p: _one(tools, p["layers"]),
                                       config.search.latency_tolerance, on_step)
     tools.log(f"{method} removes blocks {plan['removed']}: measured latency {costs['latency']:.3f}")
-    return plan, costs, ranked
+    return plan, costs, {"removed_blocks": plan["removed"], "criterion": ranked["criterion"],
+                         "block_importance": ranked["importance"]}
 
 
 def choose_depth(budget: dict[str, float], lut: dict[str, Any], config: RunConfig, tools: Tools) -> Shortlist:
     """ShortGPT / Shortened LLaMA: rank blocks, drop the least important until the budget holds (predicted
     by the table, then measured): blocks go back while the measurement still holds the budget, one more
     block goes while it exceeds it. So each lands on the fewest blocks whose measurement holds the budget."""
-    plan, costs, ranked = _depth_plan(config.method, budget, lut, config, tools)
+    plan, costs, facts = _depth_plan(config.method, budget, lut, config, tools)
     return _baseline(config, tools, plan["layers"], plan["predicted_ratio"], costs["latency"],
-                     f"{config.method}-{content_key(plan['layers'])}",
-                     {"removed_blocks": plan["removed"], "criterion": ranked["criterion"],
-                      "block_importance": ranked["importance"]})
+                     f"{config.method}-{content_key(plan['layers'])}", facts)
 
 
 def choose_uniform(budget: dict[str, float], lut: dict[str, Any], config: RunConfig, tools: Tools) -> Shortlist:
