@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from prefect import task
 
-from tasks.common import computing, progress, teacher_for
+from tasks.common import computing, progress, run_logger, teacher_for
 from unast_core.config import ComputeConfig, CostConfig, DataConfig, PoolConfig, TeacherConfig
 from unast_core.data.corpus import build_splits, data_fingerprint, generated_rows
 from unast_core.data.generated import generated_key, sample_rows
@@ -16,7 +16,7 @@ from unast_core.search.latency import resolve_device
 from unast_core.integrity import intact
 from unast_core.locks import unit_lock
 from unast_core.store import RunStore, read_tensors, write_tensors
-from unast_core.train.precision import resolve_dtype
+from unast_core.train.precision import fallback_note, resolve_dtype
 
 
 @task(name="prepare")
@@ -34,6 +34,8 @@ def prepare(teacher_cfg: TeacherConfig, data_cfg: DataConfig, cost_cfg: CostConf
     store = RunStore(home, teacher.fingerprint)
     device = resolve_device(cost_cfg.device)
     dtype = resolve_dtype(compute.dtype, device)
+    if note := fallback_note(compute.dtype, device):
+        run_logger().warning(note)
     deploy = resolve_dtype(cost_cfg.dtype or compute.dtype, device)
     n_generated = sum(generated_rows(data_cfg).values())
     gen_key = generated_key(n_generated, data_cfg.seq_len, data_cfg.generate_temperature, data_cfg.generate_top_p,

@@ -69,7 +69,8 @@ class Prepared(Record):
         return () if self.deploy_dtype == "float32" else (self.deploy_dtype,)
 
     def describe(self) -> str:
-        return f"teacher {self.source} ({self.model_type}, {len(self.sublayers)} sublayers), run store {self.run_dir}"
+        return (f"teacher {self.source} ({self.model_type}, {len(self.sublayers)} sublayers), compute "
+                f"{self.compute_dtype}, timed in {self.deploy_dtype}, run store {self.run_dir}")
 
     def store(self) -> RunStore:
         return RunStore(Path(self.home), self.fingerprint)

@@ -33,3 +33,14 @@ def test_bf16_states_distillation_and_scores(tmp_path):
     identity = prep.pool.index({"op": "identity"})
     assert scored.scores[identity] > 0  # skipping a sublayer of the teacher costs loss, under autocast too
 
+
+
+def test_prepare_warns_when_auto_falls_back_to_fp32(tmp_path, monkeypatch, caplog):
+    from unast_core.train import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))  # a CPU without fast bf16
+    config = smoke_config(tmp_path, **{"compute.dtype": "auto"})
+    with caplog.at_level("WARNING"):
+        prep = prepare.fn(config.teacher, config.data, config.cost, config.pool, config.compute, str(tmp_path))
+    assert prep.compute_dtype == "float32" and "compute float32" in prep.describe()
+    assert any("neither AVX-512-BF16 nor AMX" in r.getMessage() for r in caplog.records)

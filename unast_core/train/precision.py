@@ -48,6 +48,15 @@ def resolve_dtype(name: str, device: str = "cpu") -> str:
     return name
 
 
+def fallback_note(requested: str, device: str = "cpu") -> str | None:
+    """One console line when `auto` settles on float32 for lack of fast bf16, saying what that costs; else None."""
+    if requested != "auto" or has_fast_bf16(device):
+        return None
+    what = "this CPU has neither AVX-512-BF16 nor AMX" if not device.startswith("cuda") else f"{device} has no bf16"
+    return (f"compute.dtype=auto: {what}, so training and scoring run in float32, about twice as long as in bf16 "
+            "(a 4x256 training step of the default teacher on 2 cores: 4.97 s in float32, 2.39 s in bf16)")
+
+
 def autocast(dtype: str, device: str = "cpu") -> contextlib.AbstractContextManager:
     """Autocast to `dtype` on `device` (a no-op for float32)."""
     if dtype == "float32":

@@ -19,6 +19,15 @@ def test_auto_follows_the_cpu_capability(monkeypatch, flags, expected):
     assert resolve_dtype("float32", "cpu") == "float32" and resolve_dtype("bfloat16", "cpu") == "bfloat16"
 
 
+def test_a_fallback_to_fp32_is_said_once_and_only_for_auto(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    note = precision.fallback_note("auto", "cpu")
+    assert note.startswith("compute.dtype=auto: this CPU has neither AVX-512-BF16 nor AMX") and "\n" not in note
+    assert precision.fallback_note("float32", "cpu") is None  # asked for: nothing to explain
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert precision.fallback_note("auto", "cpu") is None
+
+
 def test_auto_on_cuda_without_bf16_is_fp32(monkeypatch):
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"amx_bf16"}))  # the CPU does not decide
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
