@@ -236,7 +236,9 @@ class SearchConfig(_Strict):
     # latency 0.75, 4.68 vs 6.79 at 0.5), but select, short-finetuning it next to the searched ones, ranked it below
     # them after 5 steps and after 24 (bench/results/ablation.md): the short finetune does not predict the final
     # one. Trained like the final finetune (24 KD-only steps at 3e-4), select picked it at 0.75 (by 0.01 nats;
-    # held-out 2.05), one run: off by default until that holds at 0.5 and on another store.
+    # held-out 2.05) on that store; on a second store it kept a searched one at both budgets, though ShortGPT's was
+    # the best held out there after 24 steps (2.36 vs 2.62-2.69 at 0.75, 5.76 vs 6.86-7.89 at 0.5): select's validation
+    # rows come from the calibration sources, where the distilled replacements fit best. Off by default.
     depth_seed: Literal["shortgpt", "shortened-llama"] | None = Field(
         None, description="also short-finetune, in select, the architecture this depth-pruning method settles "
                           "on for the budget (whole blocks removed), so the pick is never worse on validation "
