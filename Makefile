@@ -4,8 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?= --budget latency=0.75 --output unast-out
 WHEELS ?= $(HOME)/.cache/unast/wheels
-LLAMA_CMAKE ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
-               -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
+# llama.cpp's ISA follows this CPU: AVX-512 where it has it, else AVX2 (a wheel built for AVX-512 dies with
+# "Illegal instruction" on a CPU without it, such as a 2-core AMD EPYC seen here). Each ISA has its own wheel cache.
+LLAMA_ISA   ?= $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && echo avx512 || echo avx2)
+LLAMA_avx2  := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+LLAMA_avx512 := $(LLAMA_avx2) -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
+LLAMA_CMAKE ?= $(LLAMA_$(LLAMA_ISA))
+LLAMA_WHEELS := $(WHEELS)/llama-cpp-$(LLAMA_ISA)
 
 .PHONY: install demo smoke test test-fast clean
 
@@ -23,8 +28,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[eval]"
 	# llama.cpp from its sdist (~5 CPU-minutes), built once into $(WHEELS) and reused from there. ggml's native
 	# build picks the AMX backend, which segfaults on the first eval on the reference machine: name the ISA.
-	CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip wheel --quiet --no-deps --find-links $(WHEELS) -w $(WHEELS) "llama-cpp-python==0.3.36"
-	$(BIN)/pip install --quiet --find-links $(WHEELS) -e ".[llamacpp]"
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip wheel --quiet --no-cache-dir --no-deps --find-links $(LLAMA_WHEELS) -w $(LLAMA_WHEELS) \
+		"llama-cpp-python==0.3.36"
+	$(BIN)/pip install --quiet --find-links $(LLAMA_WHEELS) -e ".[llamacpp]"
 	touch $@
 
 demo: install
