@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	# DeepSpeed is an sdist whose isolated build would fetch another torch: build it against ours.
 	$(BIN)/pip install --quiet --no-build-isolation "deepspeed>=0.16"
 	$(BIN)/pip install --quiet -e ".[eval]"
-	# llama.cpp from its sdist (~5 CPU-minutes), built once into $(WHEELS) and reused from there. ggml's native
+	# llama.cpp from its sdist (~5 CPU-minutes), built once per ISA into $(LLAMA_WHEELS) and reused. ggml's native
 	# build picks the AMX backend, which segfaults on the first eval on the reference machine: name the ISA.
 	CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip wheel --quiet --no-cache-dir --no-deps --find-links $(LLAMA_WHEELS) -w $(LLAMA_WHEELS) \
 		"llama-cpp-python==0.3.36"

@@ -34,7 +34,6 @@ def test_bf16_states_distillation_and_scores(tmp_path):
     assert scored.scores[identity] > 0  # skipping a sublayer of the teacher costs loss, under autocast too
 
 
-
 def test_prepare_warns_when_auto_falls_back_to_fp32(tmp_path, monkeypatch, caplog):
     from unast_core.train import precision
 
