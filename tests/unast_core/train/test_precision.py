@@ -19,7 +19,7 @@ def test_auto_follows_the_cpu_capability(monkeypatch, flags, expected):
     assert resolve_dtype("float32", "cpu") == "float32" and resolve_dtype("bfloat16", "cpu") == "bfloat16"
 
 
-def test_a_fallback_to_fp32_is_said_once_and_only_for_auto(monkeypatch):
+def test_a_fallback_to_fp32_is_explained_only_for_auto(monkeypatch):
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
     note = precision.fallback_note("auto", "cpu")
     assert note.startswith("compute.dtype=auto: this CPU has neither AVX-512-BF16 nor AMX") and "\n" not in note
