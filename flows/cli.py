@@ -159,7 +159,8 @@ def _run(args: argparse.Namespace) -> int:
 
     # every check that needs no teacher and no Prefect, so that bad input stops within seconds
     check_output_dir(config.output)
-    for setting, source in (("data.source", config.data.source), ("data.heldout", config.data.heldout)):
+    for setting, source in (("data.source", config.data.source), ("data.heldout", config.data.heldout),
+                            ("data.select_on", config.data.select_on)):
         if source is not None:
             check_source(source, config.data.text_field, setting)
     check_teacher_spec(config.teacher.model, config.teacher.trust_remote_code, config.teacher.allow_pickle)

@@ -55,7 +55,7 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
             name, wall = budget_name(budget), dict(run.wall)
             short = run.stage(f"{name}/search", shortlist, prep, states, calib, scores, lut, budget, cfg, wall=wall)
             trials = run.stage(f"{name}/select", select, prep, short, cfg, wall=wall)              # fanned out
-            choice = pick(short, trials)
+            choice = pick(short, trials, cfg.data.select_on or "validation")
             final = run.stage(f"{name}/finetune", finetune, prep, choice, cfg, wall=wall)
             if cfg.ptq_settings():                                                    # Section 5.3: on top
                 final = run.stage(f"{name}/ptq", post_compress, prep, final, cfg.ptq_settings(),

@@ -145,7 +145,8 @@ def select(prep: Prepared, shortlist: Shortlist, config: RunConfig) -> list[Trai
     futures = train.map(unmapped(prep), [c.arch.layers for c in choices], [c.candidates for c in choices],
                         unmapped(None), unmapped(config.select), unmapped(config.seed),
                         unmapped(config.evaluate.batch_size), [f"select {c.arch.rank}" for c in choices],
-                        unmapped(config.cost.device), unmapped(False))
+                        unmapped(config.cost.device), unmapped(False),
+                        unmapped("select" if config.data.select_on is not None else "validation"))
     return _gather(list(futures), "select")
 
 

@@ -45,6 +45,6 @@ def shortlist(prep: Prepared, states: States, calib: States, scores: ScoreTable 
 
 
 @task(name="pick")
-def pick(candidates: Shortlist, trials: list[Trained]) -> Choice:
+def pick(candidates: Shortlist, trials: list[Trained], ranked_on: str = "validation") -> Choice:
     """Stage 6's decision: the best short-finetuned architecture (a baseline's choice passes through)."""
-    return pick_best(candidates, trials)
+    return pick_best(candidates, trials, ranked_on)

@@ -17,14 +17,17 @@ from unast_core.train.finetune import Diverged, finetune
 
 @task(name="train", tags=["unast-compute"])
 def train(prep: Prepared, layers: list[dict], candidates: dict[str, str], init: str | None, cfg: TrainConfig,
-          seed: int, eval_batch_size: int, label: str, device: str = "auto", measure_before: bool = True) -> Trained:
+          seed: int, eval_batch_size: int, label: str, device: str = "auto", measure_before: bool = True,
+          validation: str = "validation") -> Trained:
     """Stages 6-7: finetune one architecture, starting from the teacher's and the distilled candidates'
     weights (`candidates`: {sublayer index: file}) or from a student checkpoint `init`; a diverged run is
-    reported as failed, so the other architectures' work stands."""
+    reported as failed, so the other architectures' work stands. The validation loss is measured on the split
+    `validation` ('select' for data.select_on's rows)."""
     # `trainable` enters the key only when it is not the default, so stores written before it existed stay valid
     settings = cfg.model_dump(exclude={"trainable"} if cfg.trainable == "all" else None)
+    # likewise the validation split, which changes the loss recorded, not the weights
     out = prep.store().path("train", content_key(prep.data_key, layers, candidates, init, settings, seed,
-                                                 *prep.compute_key()))
+                                                 *prep.compute_key(), *([validation] if validation != "validation" else [])))
     with unit_lock(out):
         if intact(out / "metrics.json") and intact(out / "student.safetensors"):
             stored = read_json(out / "metrics.json")
@@ -39,7 +42,7 @@ def train(prep: Prepared, layers: list[dict], candidates: dict[str, str], init: 
         data = splits(prep)
         try:
             with computing(), on_device(resolve_device(device), teacher.model, student):
-                metrics = finetune(student, teacher.model, data["calibration"], data["validation"], cfg, seed,
+                metrics = finetune(student, teacher.model, data["calibration"], data[validation], cfg, seed,
                                    eval_batch_size, measure_before=measure_before, dtype=prep.compute_dtype,
                                    on_step=lambda step, m: (bar.update(1), bar.set_postfix(loss=f"{m['loss']:.3f}"),
                                                             label == "finetune" and faults.point("finetune")))

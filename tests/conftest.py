@@ -32,9 +32,14 @@ STAND_IN_NEWS = [f"Report {i}: the council of town {i % 7} met on Tuesday about 
                  f"the price of bread, which rose by {i % 5} cents; the mayor said little." for i in range(120)]
 
 
+# ... and for the Wikipedia articles (data.select_on = 'enwiki')
+STAND_IN_WIKI = [f"Article {i}. The river {i % 11} rises in the northern hills and flows {i % 9 + 2} hundred miles "
+                 f"to the sea; its valley was settled in the {i % 6 + 12}th century by farmers." for i in range(120)]
+
+
 @pytest.fixture(autouse=True)
 def _no_downloads(monkeypatch):
-    """Every test runs offline: pip download fails at once, and 'lee-news' reads the stand-in above."""
+    """Every test runs offline: pip download fails at once, and 'lee-news' and 'enwiki' read the stand-ins."""
     import subprocess
 
     from unast_core import fetch
@@ -42,6 +47,7 @@ def _no_downloads(monkeypatch):
 
     monkeypatch.setattr(fetch, "_pip", lambda cmd: subprocess.CompletedProcess(cmd, 1, "", "tests never download"))
     monkeypatch.setattr(corpus, "lee_news_texts", lambda: list(STAND_IN_NEWS))
+    monkeypatch.setattr(corpus, "enwiki_texts", lambda: list(STAND_IN_WIKI))
 
 
 def tiny_model(model_type: str, seed: int = 0):

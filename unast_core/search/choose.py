@@ -92,9 +92,10 @@ def _depth_seed(method: str, budget: dict[str, float], lut: dict[str, Any], conf
                                                      "depth_seed": method, **facts})
 
 
-def pick_best(shortlist: Shortlist, trials: list[Trained]) -> Choice:
-    """Stage 6: of the short-finetuned architectures, the best validation loss wins; it goes on from its
-    short-finetuned weights. A baseline's single choice passes through."""
+def pick_best(shortlist: Shortlist, trials: list[Trained], ranked_on: str = "validation") -> Choice:
+    """Stage 6: of the short-finetuned architectures, the best validation loss (measured on `ranked_on`: the
+    validation split, or data.select_on's text) wins; it goes on from its short-finetuned weights. A
+    baseline's single choice passes through."""
     if not shortlist.select:
         return shortlist.choices[0]
     ok = [(t, c) for t, c in zip(trials, shortlist.choices) if t.status == "ok"]
@@ -103,7 +104,8 @@ def pick_best(shortlist: Shortlist, trials: list[Trained]) -> Choice:
     best, choice = min(ok, key=lambda pair: pair[0].val_loss)
     select = [{"rank": c.arch.rank, "summary": c.arch.summary, "status": t.status, "val_loss": t.val_loss}
               for c, t in zip(shortlist.choices, trials)]
-    return choice.model_copy(update={"init": best.weights, "results": {**choice.results, "select": select}})
+    return choice.model_copy(update={"init": best.weights,
+                                      "results": {**choice.results, "select": select, "select_ranked_on": ranked_on}})
 
 
 def _baseline(config: RunConfig, tools: Tools, layers: Layers, predicted: dict[str, float], measured: float | None,
