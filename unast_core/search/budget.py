@@ -71,7 +71,10 @@ def hold_latency_budget(budget: dict[str, float], tolerance: float, found: objec
     if any(m <= limit for m in measured):
         if max(measured) < budget["latency"] - tolerance:
             return _reclaim(budget, limit, found, predicted, measured, measure, search)
-        return Hold(found, measured, kept_within(measured, limit))
+        kept = kept_within(measured, limit)
+        return Hold(found, measured, kept, notes=[
+            f"architecture {k} measured latency {m:.3f}, over {limit:.3f}: left out of select"
+            for k, m in enumerate(measured) if k not in kept])
     corrected = corrected_budget(budget, predicted, measured)
     notes = [f"measured latency {[round(m, 3) for m in measured]} exceeds predicted "
              f"{[round(p, 3) for p in predicted]}: searching again with latency={corrected['latency']:.3f}"]
