@@ -11,6 +11,7 @@ docs shows it here.
 from __future__ import annotations
 
 import bz2
+import io
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from unast_core.fetch import package_file
+from unast_core.integrity import intact
 from unast_core.store import atomic_path
 
 LEE_NEWS = "lee-news"
@@ -49,7 +51,7 @@ def lee_news_texts() -> list[str]:
 def enwiki_texts() -> list[str]:
     """The Wikipedia articles as plain text, one per document (extracted once, then read from the cache)."""
     cached = data_cache_dir() / f"enwiki-{ENWIKI_SHA256[:12]}.jsonl"
-    if not cached.is_file():
+    if not intact(cached):
         dump = package_file(GENSIM_WHEEL, ENWIKI_MEMBER, ENWIKI_SHA256, data_cache_dir() / "enwiki-excerpt.xml.bz2",
                             fix=f"set data.select_on to a local .txt file, or None, or copy {data_cache_dir()} "
                                 "from a machine that has it")
@@ -62,8 +64,6 @@ def enwiki_texts() -> list[str]:
 def wiki_articles(xml: bytes) -> list[str]:
     """The plain text of the main-namespace, non-redirect pages of a MediaWiki XML export (a checksummed
     file from a wheel, not user input), in file order; articles left with no paragraph are dropped."""
-    import io
-
     articles = []
     for _, element in ET.iterparse(io.BytesIO(xml)):
         if element.tag.rsplit("}", 1)[-1] != "page":

@@ -9,7 +9,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from unast_core.config import DataConfig
@@ -20,18 +19,6 @@ from unast_core.errors import UnastError
 def _docs(**fields) -> DataConfig:
     """These tests split the documents themselves: no teacher samples mixed in (the default mixes half)."""
     return DataConfig(**{"generated_fraction": 0.0, **fields})
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    """A byte-level tokenizer: one token per byte (ids 0..255) plus <eos> (id 256); no hub access."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {symbol: i for i, symbol in enumerate(alphabet)}
-    vocab["<eos>"] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
 
 
 def _write_jsonl(path, records):

@@ -10,7 +10,6 @@ from unast_core.config import DataConfig
 from unast_core.data.corpus import build_splits, data_fingerprint, load_texts
 from unast_core.data.heldout import wiki_articles, wiki_plain_text
 from unast_core.errors import UnastError
-from tests.unast_core.data.test_corpus import tokenizer  # noqa: F401 (the byte-level fixture)
 
 ARTICLE = """{{Infobox river|name=Test}}
 [[File:River.jpg|thumb|A bend of the river in spring]]
@@ -47,7 +46,7 @@ def test_wiki_articles_reads_main_namespace_pages_in_order():
     assert wiki_articles(xml.encode()) == [prose, "Second " + prose]
 
 
-def test_select_split_comes_from_select_on(tokenizer):  # noqa: F811
+def test_select_split_comes_from_select_on(tokenizer):
     cfg = DataConfig(generated_fraction=0.0, seq_len=32, calibration_seqs=8, validation_seqs=4, test_seqs=4,
                      heldout_seqs=4, select_on="enwiki", select_on_seqs=6)
     splits = build_splits(tokenizer, cfg)
