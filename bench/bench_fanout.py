@@ -30,7 +30,9 @@ def _fresh_copy(prep, home: Path):
     dst = home / "runs" / src.name
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("candidates", "scores", "train", "search", "measured"))
     return prep.model_copy(update={"home": str(home), "run_dir": str(dst),
-                                   "data_path": str(dst / Path(prep.data_path).relative_to(src))})
+                                   "data_path": str(dst / Path(prep.data_path).relative_to(src)),
+                                   "outside_paths": {split: str(dst / Path(path).relative_to(src))
+                                                     for split, path in prep.outside_paths.items()}})
 
 
 def main() -> None:

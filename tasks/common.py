@@ -64,7 +64,11 @@ def setup_worker() -> None:
 
 
 def splits(prep: Prepared) -> dict[str, torch.Tensor]:
-    return read_tensors(Path(prep.data_path))
+    """Every split of the run's data: calibration, validation, test, and the held-out and select rows if set."""
+    data = read_tensors(Path(prep.data_path))
+    for path in prep.outside_paths.values():
+        data.update(read_tensors(Path(path)))
+    return data
 
 
 def progress(total: int, desc: str) -> tqdm:

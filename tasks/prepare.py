@@ -5,7 +5,8 @@ from prefect import task
 
 from tasks.common import computing, progress, run_logger, teacher_for
 from unast_core.config import ComputeConfig, CostConfig, DataConfig, PoolConfig, TeacherConfig
-from unast_core.data.corpus import build_splits, data_fingerprint, generated_rows
+from unast_core.data.corpus import (build_outside, build_splits, data_fingerprint, generated_rows, outside_fingerprint,
+                                    outside_splits)
 from unast_core.data.generated import generated_key, sample_rows
 from unast_core.model.adapters import Adapter, check_seq_len
 from unast_core.model.modeling_unast import teacher_dims
@@ -40,18 +41,27 @@ def prepare(teacher_cfg: TeacherConfig, data_cfg: DataConfig, cost_cfg: CostConf
     n_generated = sum(generated_rows(data_cfg).values())
     gen_key = generated_key(n_generated, data_cfg.seq_len, data_cfg.generate_temperature, data_cfg.generate_top_p,
                             data_cfg.seed, dtype, data_cfg.generate_start) if n_generated else None
-    data_key = data_fingerprint(data_cfg, teacher.tokenizer.name_or_path or teacher.source, gen_key)
+    tokenizer_name = teacher.tokenizer.name_or_path or teacher.source
+    data_key = data_fingerprint(data_cfg, tokenizer_name, gen_key)
     path = store.path("data", f"{data_key}.safetensors")
     with unit_lock(path):
         reused = intact(path)
         if not reused:
             generated = teacher_samples(teacher, store, gen_key, n_generated, data_cfg, dtype) if n_generated else None
             write_tensors(path, build_splits(teacher.tokenizer, data_cfg, generated))
+    # The held-out set and select's text live in files of their own, outside the data key
+    outside = {}
+    for split in outside_splits(data_cfg):
+        outside[split] = store.path("data", f"{split}-{outside_fingerprint(data_cfg, split, tokenizer_name)}.safetensors")
+        with unit_lock(outside[split]):
+            if not intact(outside[split]):
+                write_tensors(outside[split], {split: build_outside(teacher.tokenizer, data_cfg, split)})
     return Prepared(teacher=teacher_cfg, source=teacher.source, fingerprint=teacher.fingerprint,
                     model_type=teacher.model.config.model_type, sublayers=[s.name for s in adapter.sublayers],
                     pool=pool, dims=dims,
                     teacher_params=adapter.total_params(), home=home, run_dir=str(store.root), data_key=data_key,
-                    data_path=str(path), compute_dtype=dtype, deploy_dtype=deploy, generated_key=gen_key,
+                    data_path=str(path), outside_paths={k: str(v) for k, v in outside.items()},
+                    compute_dtype=dtype, deploy_dtype=deploy, generated_key=gen_key,
                     reused=reused)
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import task
 from safetensors.torch import load_model, save_model
 
@@ -25,9 +27,11 @@ def train(prep: Prepared, layers: list[dict], candidates: dict[str, str], init: 
     `validation` ('select' for data.select_on's rows)."""
     # `trainable` enters the key only when it is not the default, so stores written before it existed stay valid
     settings = cfg.model_dump(exclude={"trainable"} if cfg.trainable == "all" else None)
-    # likewise the validation split, which changes the loss recorded, not the weights
+    # likewise the rows validated on, which change the loss recorded, not the weights (an outside split's file
+    # name holds its key)
+    ranked_on = [Path(prep.outside_paths[validation]).stem] if validation != "validation" else []
     out = prep.store().path("train", content_key(prep.data_key, layers, candidates, init, settings, seed,
-                                                 *prep.compute_key(), *([validation] if validation != "validation" else [])))
+                                                 *prep.compute_key(), *ranked_on))
     with unit_lock(out):
         if intact(out / "metrics.json") and intact(out / "student.safetensors"):
             stored = read_json(out / "metrics.json")

@@ -55,7 +55,8 @@ class Prepared(Record):
     home: str
     run_dir: str
     data_key: str
-    data_path: str
+    data_path: str                 # calibration, validation and test
+    outside_paths: dict[str, str] = {}  # 'heldout' / 'select' -> its own file (text outside the data key)
     compute_dtype: str = "float32"         # training and scoring precision (autocast; fp32 master weights)
     deploy_dtype: str = "float32"          # what latency is timed in and the export is saved in
     generated_key: str | None = None       # teacher samples mixed into calibration / validation

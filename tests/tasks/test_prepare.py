@@ -2,6 +2,7 @@ import os
 
 import pytest
 
+from tasks.common import splits
 from tasks.prepare import prepare
 from tests.tasks.conftest import smoke_config
 from unast_core.errors import UnastError
@@ -17,6 +18,25 @@ def test_record_and_reuse(store):
                        prep.home)
     assert again.reused and again.data_path == prep.data_path and not prep.reused
     assert Prepared.model_validate_json(prep.model_dump_json()) == prep  # serialisable: travels to any worker
+
+
+def test_text_outside_the_calibration_data_keeps_the_data_key(store):
+    """Setting select's text or changing the held-out set adds a file of its own: the splits every stage trains
+    and scores on, and so the work keyed on them, stay."""
+    cfg = store.config
+    assert store.prep.outside_paths == {}  # the smoke preset has no held-out set
+    data = cfg.data.model_copy(update={"heldout": "lee-news", "heldout_seqs": 4, "select_on": "enwiki",
+                                       "select_on_seqs": 3})
+    prep = prepare.fn(cfg.teacher, data, cfg.cost, cfg.pool, cfg.compute, store.prep.home)
+    assert prep.reused and (prep.data_key, prep.data_path) == (store.prep.data_key, store.prep.data_path)
+    assert set(prep.outside_paths) == {"heldout", "select"}
+    rows = splits(prep)
+    assert rows["select"].shape[0] == 3 and rows["heldout"].shape[0] == 4
+    assert rows["calibration"].equal(splits(store.prep)["calibration"])
+    more = prepare.fn(cfg.teacher, data.model_copy(update={"heldout_seqs": 5}), cfg.cost, cfg.pool, cfg.compute,
+                      store.prep.home)
+    assert more.data_key == prep.data_key and more.outside_paths["select"] == prep.outside_paths["select"]
+    assert more.outside_paths["heldout"] != prep.outside_paths["heldout"] and splits(more)["heldout"].shape[0] == 5
 
 
 def test_the_serving_target_restricts_the_pool(store):

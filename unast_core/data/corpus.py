@@ -238,13 +238,12 @@ def generated_rows(cfg: DataConfig) -> dict[str, int]:
 
 
 def build_splits(tokenizer, cfg: DataConfig, generated: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """{'calibration', 'validation', 'test'[, 'heldout'][, 'select']} -> LongTensor (cfg.<split>_seqs, cfg.seq_len).
+    """{'calibration', 'validation', 'test'} -> LongTensor (cfg.<split>_seqs, cfg.seq_len).
 
     Documents are assigned whole to one split (see the module docstring): seeded permutation, then test,
     validation and calibration each take just enough documents. `generated` (teacher samples, at least
     the sum of `generated_rows(cfg)` rows) supplies that many rows of validation and calibration, spread
-    evenly among the documents' rows. 'heldout' holds the first `heldout_seqs` rows of `cfg.heldout`, 'select'
-    the first `select_on_seqs` rows of `cfg.select_on`.
+    evenly among the documents' rows. The held-out set and select's text are built apart (`build_outside`).
     Same inputs -> identical tensors. Raises UnastError when the data is empty or too small.
     """
     docs = build_doc_splits(tokenizer, cfg.model_copy(update={
@@ -256,19 +255,27 @@ def build_splits(tokenizer, cfg: DataConfig, generated: torch.Tensor | None = No
         for split in ("validation", "calibration"):
             docs[split] = interleave(docs[split], generated[used:used + counts[split]])
             used += counts[split]
-    for split, source, rows in (("heldout", cfg.heldout, cfg.heldout_seqs), ("select", cfg.select_on, cfg.select_on_seqs)):
-        if source is not None:
-            docs[split] = _outside_rows(tokenizer, cfg, split, source, rows)
     return docs
 
 
-def _outside_rows(tokenizer, cfg: DataConfig, split: str, source: str, rows: int) -> torch.Tensor:
-    """The first `rows` rows of a text outside the calibration data: the held-out set, or select's text."""
-    setting = {"heldout": "data.heldout", "select": "data.select_on"}[split]
+# The splits of text from outside the calibration data: split -> (its source field, its rows field).
+_OUTSIDE = {"heldout": ("heldout", "heldout_seqs"), "select": ("select_on", "select_on_seqs")}
+
+
+def outside_splits(cfg: DataConfig) -> list[str]:
+    """The outside splits `cfg` asks for: 'heldout' (data.heldout, the held-out evaluation) and 'select'
+    (data.select_on, the text select ranks on), each where its source is set."""
+    return [split for split, (source, _) in _OUTSIDE.items() if getattr(cfg, source) is not None]
+
+
+def build_outside(tokenizer, cfg: DataConfig, split: str) -> torch.Tensor:
+    """The first rows of an outside split's text (see `outside_splits`): LongTensor (rows, cfg.seq_len)."""
+    source_field, rows_field = _OUTSIDE[split]
+    source, rows = getattr(cfg, source_field), getattr(cfg, rows_field)
     found = heldout_rows(tokenizer, load_texts(source, cfg.text_field, cfg.hf_split), rows, cfg.seq_len, cfg.seed)
     if len(found) < rows:
-        raise UnastError(f"{setting} '{source}' holds only {len(found)} rows of {cfg.seq_len} tokens; lower "
-                         f"{setting}_seqs to that or use a bigger text")
+        raise UnastError(f"data.{source_field} '{source}' holds only {len(found)} rows of {cfg.seq_len} tokens; "
+                         f"lower data.{rows_field} to that or use a bigger text")
     return found
 
 
@@ -324,19 +331,31 @@ def _content(source: str) -> str | None:
 
 
 def data_fingerprint(cfg: DataConfig, tokenizer_name: str, generated: str | None = None) -> str:
-    """A 16-hex-digit key for cached artifacts: sha256 of every DataConfig field, the tokenizer identity,
-    the data format version, the content (sha256 of a local file, of the CPython topics; an HF
-    dataset is identified by its name and split only) of the source, of the held-out set and of select's
-    text, and the key of the generated rows mixed in (`generated_key`). Without select's own text its fields
-    stay out, so keys made before they existed still hold."""
-    unset = {"select_on", "select_on_seqs"} if cfg.select_on is None else set()
+    """A 16-hex-digit key for the calibration, validation and test splits and every artifact made from them:
+    sha256 of the DataConfig fields they depend on, the tokenizer identity, the data format version, the
+    content of the source (sha256 of a local file, of the CPython topics; an HF dataset is identified by its
+    name and split only) and the key of the generated rows mixed in (`generated_key`). The held-out set and
+    select's text are not in it (see `outside_fingerprint`): setting or changing them reuses every stage
+    trained or scored on the splits."""
     payload = {
         "version": _FORMAT_VERSION,
-        "config": cfg.model_dump(mode="json", exclude=unset),
+        "config": cfg.model_dump(mode="json", exclude={f for fields in _OUTSIDE.values() for f in fields}),
         "tokenizer": tokenizer_name,
         "content": _content(cfg.source),
-        "heldout": _content(cfg.heldout) if cfg.heldout is not None else None,
         "generated": generated,
-        **({"select_on": _content(cfg.select_on)} if cfg.select_on is not None else {}),
     }
+    return _digest(payload)
+
+
+def outside_fingerprint(cfg: DataConfig, split: str, tokenizer_name: str) -> str:
+    """The key of an outside split (see `outside_splits`): its source, the source's content, its rows, and
+    the settings that shape every row (seq_len, seed, text_field, hf_split), the tokenizer and the format."""
+    source_field, rows_field = _OUTSIDE[split]
+    source = getattr(cfg, source_field)
+    return _digest({"version": _FORMAT_VERSION, "split": split, "source": source, "content": _content(source),
+                    "rows": getattr(cfg, rows_field), "tokenizer": tokenizer_name,
+                    **cfg.model_dump(mode="json", include={"seq_len", "seed", "text_field", "hf_split"})})
+
+
+def _digest(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]

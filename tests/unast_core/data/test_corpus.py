@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from unast_core.config import DataConfig
-from unast_core.data.corpus import SPLITS, build_splits, data_fingerprint, load_texts, pack
+from unast_core.data.corpus import SPLITS, build_outside, build_splits, data_fingerprint, load_texts, outside_fingerprint, pack
 from unast_core.errors import UnastError
 
 
@@ -126,8 +126,8 @@ def test_pack_without_eos_and_empty():
 def test_build_splits_cpython_shapes_and_determinism(tokenizer):
     cfg = _docs(seq_len=64, calibration_seqs=8, validation_seqs=4, test_seqs=4)
     splits, again = build_splits(tokenizer, cfg), build_splits(tokenizer, cfg)
-    assert tuple(splits) == (*SPLITS, "heldout")
-    for name in (*SPLITS, "heldout"):
+    assert tuple(splits) == SPLITS
+    for name in SPLITS:
         assert splits[name].shape == (getattr(cfg, f"{name}_seqs"), 64)
         assert splits[name].dtype == torch.long
         assert torch.equal(splits[name], again[name])
@@ -139,7 +139,8 @@ def test_build_splits_default_config(tokenizer):
     cfg = _docs()
     splits = build_splits(tokenizer, cfg)
     assert {name: tuple(t.shape) for name, t in splits.items()} == {
-        name: (getattr(cfg, f"{name}_seqs"), cfg.seq_len) for name in (*SPLITS, "heldout")}
+        name: (getattr(cfg, f"{name}_seqs"), cfg.seq_len) for name in SPLITS}
+    assert build_outside(tokenizer, cfg, "heldout").shape == (cfg.heldout_seqs, cfg.seq_len)
 
 
 def test_splits_share_no_rows(tokenizer):
@@ -213,6 +214,14 @@ def test_fingerprint_tracks_settings_tokenizer_and_content(tmp_path):
         data_fingerprint(base, "tok-b"),
     ]
     assert len({key, *changed}) == 5
+    # text outside the calibration data has keys of its own and leaves this one alone
+    outside = [base.model_copy(update=u) for u in ({"heldout": None}, {"heldout_seqs": 4}, {"select_on": "enwiki"})]
+    assert {data_fingerprint(cfg, "tok-a") for cfg in outside} == {key}
+    held = outside_fingerprint(base, "heldout", "tok-a")
+    assert held != outside_fingerprint(outside[1], "heldout", "tok-a")
+    assert held != outside_fingerprint(base.model_copy(update={"seq_len": 128}), "heldout", "tok-a")
+    assert held != outside_fingerprint(base, "heldout", "tok-b")
+    assert held == outside_fingerprint(base.model_copy(update={"calibration_seqs": 4}), "heldout", "tok-a")
 
     path = tmp_path / "corpus.txt"
     path.write_text("hello", encoding="utf-8")

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from tests.conftest import STAND_IN_WIKI
 from unast_core.config import DataConfig
-from unast_core.data.corpus import build_splits, data_fingerprint, load_texts
+from unast_core.data.corpus import build_outside, build_splits, load_texts, outside_fingerprint, outside_splits
 from unast_core.data.heldout import wiki_articles, wiki_plain_text
 from unast_core.errors import UnastError
 
@@ -49,14 +49,15 @@ def test_wiki_articles_reads_main_namespace_pages_in_order():
 def test_select_split_comes_from_select_on(tokenizer):
     cfg = DataConfig(generated_fraction=0.0, seq_len=32, calibration_seqs=8, validation_seqs=4, test_seqs=4,
                      heldout_seqs=4, select_on="enwiki", select_on_seqs=6)
-    splits = build_splits(tokenizer, cfg)
-    assert splits["select"].shape == (6, 32)
+    assert outside_splits(cfg) == ["heldout", "select"] and "select" not in build_splits(tokenizer, cfg)
+    rows = build_outside(tokenizer, cfg, "select")
+    assert rows.shape == (6, 32)
     wiki = set(tokenizer("".join(STAND_IN_WIKI), add_special_tokens=False)["input_ids"])
-    assert set(splits["select"].flatten().tolist()) - {tokenizer.eos_token_id} <= wiki
-    assert "select" not in build_splits(tokenizer, cfg.model_copy(update={"select_on": None}))
+    assert set(rows.flatten().tolist()) - {tokenizer.eos_token_id} <= wiki
+    assert outside_splits(cfg.model_copy(update={"select_on": None, "heldout": None})) == []
     assert load_texts("enwiki") == STAND_IN_WIKI
     with pytest.raises(UnastError, match="data.select_on 'enwiki' holds only .* lower data.select_on_seqs"):
-        build_splits(tokenizer, cfg.model_copy(update={"select_on_seqs": 10_000}))
+        build_outside(tokenizer, cfg.model_copy(update={"select_on_seqs": 10_000}), "select")
 
 
 @pytest.mark.parametrize("same", ["cpython-docs", "lee-news"])
@@ -65,10 +66,9 @@ def test_select_on_must_be_a_third_domain(same):
         DataConfig(select_on=same)
 
 
-def test_select_on_keys_the_data_only_when_set():
-    base = DataConfig()
-    key = data_fingerprint(base, "tok")
-    assert data_fingerprint(base.model_copy(update={"select_on_seqs": 3}), "tok") == key  # unset: not in the key
-    wiki = data_fingerprint(base.model_copy(update={"select_on": "enwiki"}), "tok")
-    assert wiki != key
-    assert data_fingerprint(base.model_copy(update={"select_on": "enwiki", "select_on_seqs": 3}), "tok") != wiki
+def test_select_text_has_a_key_of_its_own():
+    wiki = DataConfig(select_on="enwiki")
+    key = outside_fingerprint(wiki, "select", "tok")
+    assert outside_fingerprint(wiki.model_copy(update={"select_on_seqs": 3}), "select", "tok") != key
+    assert outside_fingerprint(wiki.model_copy(update={"heldout_seqs": 3}), "select", "tok") == key
+    assert outside_fingerprint(wiki, "heldout", "tok") != key
