@@ -11,10 +11,12 @@ split) and held-out (lee-news). There is no int4 or sparse kernel on this CPU: a
 dense layer it rebuilds, so quantization and pruning bring no speed-up here (the paper assumes none for
 3-4 bits either); the latency column says what really runs.
 
-    .venv/bin/python bench/table5.py --data STORE/data/KEY.safetensors --students OUT0.5 OUT0.75
+    .venv/bin/python bench/table5.py --data STORE/data/KEY.safetensors STORE/data/heldout-KEY.safetensors \
+                                     --students OUT0.5 OUT0.75
                                      [--model smollm2-135m] [--work DIR] [--out bench/results]
 
---data is the split file of the run store the students were built from (the same test and held-out rows).
+--data is the split file of the run store the students were built from and its held-out file (the same test and
+held-out rows).
 Writes <out>/table5.md, table5.csv and table5.json; the packed exports go under --work.
 """
 
@@ -80,7 +82,7 @@ def reload_check(out: Path, tokens: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, nargs="+", required=True)
     parser.add_argument("--students", type=Path, nargs=2, required=True, metavar=("LATENCY_0.5", "LATENCY_0.75"))
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--calibration-seqs", type=int, default=CompressConfig().calibration_seqs)  # as `ptq`
@@ -92,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
 
     teacher = load_teacher(args.model)
-    data = read_tensors(args.data)
+    data = {name: rows for path in args.data for name, rows in read_tensors(path).items()}
     students = dict(zip(("0.5", "0.75"), args.students))
     regime = RegimeConfig()
     rows = []
