@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
 from prefect import task
 
@@ -44,37 +47,44 @@ def prepare(teacher_cfg: TeacherConfig, data_cfg: DataConfig, cost_cfg: CostConf
     tokenizer_name = teacher.tokenizer.name_or_path or teacher.source
     data_key = data_fingerprint(data_cfg, tokenizer_name, gen_key)
     path = store.path("data", f"{data_key}.safetensors")
-    with unit_lock(path):
-        reused = intact(path)
-        if not reused:
-            generated = teacher_samples(teacher, store, gen_key, n_generated, data_cfg, dtype) if n_generated else None
-            write_tensors(path, build_splits(teacher.tokenizer, data_cfg, generated))
+    reused = _written_once(path, lambda: build_splits(teacher.tokenizer, data_cfg, teacher_samples(
+        teacher, store, gen_key, n_generated, data_cfg, dtype) if n_generated else None))
     # The held-out set and select's text live in files of their own, outside the data key
     outside = {}
     for split in outside_splits(data_cfg):
-        outside[split] = store.path("data", f"{split}-{outside_fingerprint(data_cfg, split, tokenizer_name)}.safetensors")
-        with unit_lock(outside[split]):
-            if not intact(outside[split]):
-                write_tensors(outside[split], {split: build_outside(teacher.tokenizer, data_cfg, split)})
+        key = outside_fingerprint(data_cfg, split, tokenizer_name)
+        outside[split] = str(store.path("data", f"{split}-{key}.safetensors"))
+        _written_once(Path(outside[split]), lambda: {split: build_outside(teacher.tokenizer, data_cfg, split)})
     return Prepared(teacher=teacher_cfg, source=teacher.source, fingerprint=teacher.fingerprint,
                     model_type=teacher.model.config.model_type, sublayers=[s.name for s in adapter.sublayers],
                     pool=pool, dims=dims,
                     teacher_params=adapter.total_params(), home=home, run_dir=str(store.root), data_key=data_key,
-                    data_path=str(path), outside_paths={k: str(v) for k, v in outside.items()},
+                    data_path=str(path), outside_paths=outside,
                     compute_dtype=dtype, deploy_dtype=deploy, generated_key=gen_key,
                     reused=reused)
+
+
+def _written_once(path: Path, build: Callable[[], dict[str, torch.Tensor]]) -> bool:
+    """Write `build()`'s tensors to `path` unless an intact copy is there; True when it was reused."""
+    with unit_lock(path):
+        if intact(path):
+            return True
+        write_tensors(path, build())
+        return False
 
 
 def teacher_samples(teacher, store: RunStore, key: str, rows: int, cfg: DataConfig, dtype: str) -> torch.Tensor:
     """The teacher's sampled rows under `key` in the run store (sampled once, then read back)."""
     path = store.path("generated", f"{key}.safetensors")
-    with unit_lock(path):
-        if not intact(path):
-            bar = progress(-(-rows // 64), "sample teacher text")
-            with computing():
-                tokens = sample_rows(teacher.model, teacher.tokenizer, rows, cfg.seq_len, cfg.generate_temperature,
-                                     cfg.generate_top_p, cfg.seed, dtype, on_batch=lambda done, total: bar.update(1),
-                                     start=cfg.generate_start)
-            bar.close()
-            write_tensors(path, {"ids": tokens})
-        return read_tensors(path)["ids"]
+
+    def sample() -> dict[str, torch.Tensor]:
+        bar = progress(-(-rows // 64), "sample teacher text")
+        with computing():
+            tokens = sample_rows(teacher.model, teacher.tokenizer, rows, cfg.seq_len, cfg.generate_temperature,
+                                 cfg.generate_top_p, cfg.seed, dtype, on_batch=lambda done, total: bar.update(1),
+                                 start=cfg.generate_start)
+        bar.close()
+        return {"ids": tokens}
+
+    _written_once(path, sample)
+    return read_tensors(path)["ids"]
