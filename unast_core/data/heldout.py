@@ -61,6 +61,21 @@ def enwiki_texts() -> list[str]:
     return [json.loads(line) for line in cached.read_text(encoding="utf-8").splitlines()]
 
 
+def wiki_leads(articles: list[str], words: int) -> list[str]:
+    """Each article's leading paragraphs, whole, up to the first that brings it to `words` words (an article
+    shorter than that is kept entire): a lead section's worth of each, so no few long articles dominate."""
+    leads = []
+    for article in articles:
+        kept, count = [], 0
+        for paragraph in article.split("\n\n"):
+            if count >= words:
+                break
+            kept.append(paragraph)
+            count += len(paragraph.split())
+        leads.append("\n\n".join(kept))
+    return leads
+
+
 def wiki_articles(xml: bytes) -> list[str]:
     """The plain text of the main-namespace, non-redirect pages of a MediaWiki XML export (a checksummed
     file from a wheel, not user input), in file order; articles left with no paragraph are dropped."""
