@@ -4,7 +4,7 @@ error it was selected on.
 For every (sublayer, candidate) of a run's score table, the candidate's normalized MSE of the sublayer's
 residual update (as distillation measures it, `unast_core.train.distill.local_error`) on:
 - calibration: the held-back calibration rows distillation measured it on (stored with the candidate);
-- in-domain test: the first rows of the run's data source (CPython docs by default), not trained on;
+- in-domain test: the first rows of the run's data source (its data.source), not trained on;
 - held-out: lee-news rows (news prose, a domain no stage trains on).
 The teacher's own update on each text is the target, so the numbers compare like with like. A ratio
 held-out / calibration far above 1 is an operator that fitted its calibration text and does not transfer.

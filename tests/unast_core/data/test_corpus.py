@@ -17,8 +17,8 @@ from unast_core.errors import UnastError
 
 
 def _docs(**fields) -> DataConfig:
-    """These tests split the documents themselves: no teacher samples mixed in (the default mixes half)."""
-    return DataConfig(**{"generated_fraction": 0.0, **fields})
+    """The docs alone, split by these tests themselves: no Wikipedia and no teacher samples mixed in."""
+    return DataConfig(**{"source": "cpython-docs", "generated_fraction": 0.0, **fields})
 
 
 def _write_jsonl(path, records):

@@ -47,8 +47,8 @@ def test_wiki_articles_reads_main_namespace_pages_in_order():
 
 
 def test_select_split_comes_from_select_on(tokenizer):
-    cfg = DataConfig(generated_fraction=0.0, seq_len=32, calibration_seqs=8, validation_seqs=4, test_seqs=4,
-                     heldout_seqs=4, select_on="enwiki", select_on_seqs=6)
+    cfg = DataConfig(source="cpython-docs", generated_fraction=0.0, seq_len=32, calibration_seqs=8, validation_seqs=4,
+                     test_seqs=4, heldout_seqs=4, select_on="enwiki", select_on_seqs=6)
     assert outside_splits(cfg) == ["heldout", "select"] and "select" not in build_splits(tokenizer, cfg)
     rows = build_outside(tokenizer, cfg, "select")
     assert rows.shape == (6, 32)
@@ -67,7 +67,7 @@ def test_select_on_must_be_a_third_domain(same):
 
 
 def test_select_text_has_a_key_of_its_own():
-    wiki = DataConfig(select_on="enwiki")
+    wiki = DataConfig(source="cpython-docs", select_on="enwiki")
     key = outside_fingerprint(wiki, "select", "tok")
     assert outside_fingerprint(wiki.model_copy(update={"select_on_seqs": 3}), "select", "tok") != key
     assert outside_fingerprint(wiki.model_copy(update={"heldout_seqs": 3}), "select", "tok") == key
