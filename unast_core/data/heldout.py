@@ -54,8 +54,9 @@ def enwiki_texts() -> list[str]:
     cached = data_cache_dir() / f"enwiki-{ENWIKI_SHA256[:12]}.jsonl"
     if not intact(cached):
         dump = package_file(GENSIM_WHEEL, ENWIKI_MEMBER, ENWIKI_SHA256, data_cache_dir() / "enwiki-excerpt.xml.bz2",
-                            fix=f"set data.select_on to a local .txt file, or None, or copy {data_cache_dir()} "
-                                "from a machine that has it")
+                            fix="the Wikipedia text (in data.source cpython-docs+enwiki, the default, or "
+                                "data.select_on enwiki) comes from PyPI once: set data.source=cpython-docs or a local "
+                                f"file and no enwiki select_on, or copy {data_cache_dir()} from a machine that has it")
         with atomic_path(cached) as tmp:
             tmp.write_text("".join(json.dumps(doc) + "\n" for doc in wiki_articles(bz2.decompress(dump.read_bytes()))),
                            encoding="utf-8")

