@@ -217,8 +217,9 @@ class RegimeConfig(_Strict):
 class ComputeConfig(_Strict):
     # bf16 costs no measured quality: on SmolLM2-135M at latency 0.75, with one draw of teacher samples, the run all in
     # fp32, in fp32 but trained in bf16, and in bf16 but for the samples read 1.999, 2.004 and 2.002x the teacher's
-    # perplexity held out (bench/results/ablation.md). Sampling the teacher in bf16 draws other text from the same seed,
-    # which moved the result (2.076) by as much as the methods differ. The fp32 run took 24 min 59 s, bf16 21 min 47 s.
+    # perplexity held out, 2.064, 2.071 and 2.055x in-domain (bench/results/ablation.md). Sampling the teacher in bf16
+    # draws other text from the same seed, which moved the result (2.076 held out, 2.149 in-domain) by as much as the
+    # methods differ. The fp32 run took 24 min 59 s, bf16 21 min 47 s.
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="training and scoring precision: auto = bfloat16 on CPUs with AVX-512-BF16 or AMX "
                             "and on CUDA devices with bf16, else float32 (fp32 master weights either way)")
