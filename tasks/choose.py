@@ -8,6 +8,7 @@ from tasks.baselines import block_importance, scratch_init, uniform_grid
 from tasks.common import run_logger
 from tasks.cost import measure_architectures
 from tasks.distill import distill_candidate
+from tasks.refine import refine_architecture
 from tasks.search import search
 from unast_core.config import RunConfig
 from unast_core.records import Choice, CostTable, Prepared, ScoreTable, Shortlist, States, Trained
@@ -31,7 +32,9 @@ def _tools(prep: Prepared, states: States, calib: States, scores: ScoreTable | N
                  importance=lambda method: block_importance.fn(prep, states, method, config.score.seqs,
                                                                config.score.batch_size),
                  uniform_layers=lambda widths: uniform_grid.fn(prep, widths), teacher_init=teacher_init,
-                 scratch_init=lambda layers: scratch_init.fn(prep, layers, config.seed), log=log.info)
+                 scratch_init=lambda layers: scratch_init.fn(prep, layers, config.seed), log=log.info,
+                 refine=None if scores is None else
+                 lambda arch, budget: refine_architecture.fn(prep, states, scores, lut, budget, arch, config.search))
 
 
 @task(name="choose", tags=["unast-timing"])

@@ -277,6 +277,20 @@ class SearchConfig(_Strict):
         None, description="also short-finetune, in select, the architecture this depth-pruning method settles "
                           "on for the budget (whole blocks removed), so the pick is never worse on validation "
                           "than it; None: the searched architectures only")
+    # Eq. 2 scores each candidate with the rest of the model the teacher's, and the ILP adds them up, but skips in
+    # different blocks cost more together than apart (bench/results/additivity.md). Refining re-scores every
+    # candidate in the searched architecture's context and steps while the measured loss of the whole architecture
+    # falls (unast_core.search.refine); each round costs about one score stage on `refine_seqs` rows. On SmolLM2-135M
+    # (one store, bf16, 3 rounds at 8 rows, bench/results/ablation.md): held out 1.931 against the default's 2.076 and
+    # ShortGPT's 1.984 at latency 0.75 (in-domain 1.919 vs 2.149 and 2.086), 5.296 against 5.399 and 4.188 at 0.5,
+    # for 8-10 more minutes on 2 cores. Off by default until it holds on a second draw and fits the time budget.
+    refine_rounds: int = Field(0, ge=0, description="re-linearised steps from the best searched architecture "
+                               "(its candidates scored in its own context, then the ILP again); the refined "
+                               "architecture joins select's shortlist; 0: off")
+    refine_seqs: int = Field(8, gt=0, description="validation rows the refine steps measure on (at most "
+                             "data.validation_seqs)")
+    refine_metric: Literal["kl", "lm_loss"] = Field("kl", description="what refining minimises: KL to the "
+                                                    "teacher or the LM loss, per token")
     # Timing on a shared host moves a ratio by about this much between repeats of the same measurement
     # (stop 9's side-by-side readings spread 0.009-0.055), so a measured latency holds within it.
     latency_tolerance: float = Field(0.02, ge=0, lt=1, description="a measured latency ratio holds the budget "

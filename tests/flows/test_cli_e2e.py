@@ -78,9 +78,12 @@ def test_smoke_run_exports_a_reloadable_model_and_a_family_reuses_its_work(tmp_p
     # are all reused. Parameter budgets: the tiny teacher's latency is mostly overhead, so how low a latency
     # budget can go depends on how loaded the machine is when the table is measured.
     family = tmp_path / "family"
-    again = _unast(tmp_path, "--preset", "smoke", "--budget", "params=0.7,0.6", "--output", str(family), *data)
+    # (and the best searched architecture of each refined in its own context, one round)
+    again = _unast(tmp_path, "--preset", "smoke", "--budget", "params=0.7,0.6", "--output", str(family), *data,
+                   "--set", "search.refine_rounds=1")
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stdout + again.stderr
+    assert log.count("refine round 1: ") + log.count("refine: no step lowered") >= 2
     assert "(8 reused)" in log and "distilled 16 candidates (16 reused, 0 failed" in log
     assert "cost table reused" in log and "teacher states reused (validation), reused (calibration)" in log
     assert json.loads((family / "family.json").read_text())["models"] == ["params-0.7", "params-0.6"]

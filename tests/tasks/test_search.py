@@ -29,3 +29,25 @@ def test_an_unreachable_budget_stops_with_the_smallest_reachable(store, scores):
         check_budget.fn(store.lut, {"params": 0.01})
     with pytest.raises(InfeasibleBudget):
         search.fn(store.prep, scores, store.lut, {"params": 0.01}, store.config.search)
+
+
+def test_refine_keeps_the_budget_lowers_the_measured_loss_and_is_reused(store, scores):
+    from tasks.refine import refine_architecture
+
+    cfg = store.config.search.model_copy(update={"refine_rounds": 2, "refine_seqs": 2})
+    found = search.fn(store.prep, scores, store.lut, {"params": 0.6}, cfg)
+    arch, facts = refine_architecture.fn(store.prep, store.states, scores, store.lut, {"params": 0.6},
+                                         found.architectures[0], cfg)
+    assert facts["loss"] <= facts["start_loss"] and facts["seqs"] == 2
+    assert facts["from"] == found.architectures[0].choice
+    assert arch.choice == facts["choice"] and arch.predicted_ratio["params"] <= 0.6 + 1e-9
+    assert all(step["kept"] == (step["measured"] < step["from"]) for step in facts["rounds"])
+    # on the tiny teacher both rounds pay (KL 0.0101 -> 0.0049 -> 0.0032 with seed 0)
+    assert len(facts["rounds"]) == 2 and all(step["kept"] for step in facts["rounds"])
+    assert arch.choice != found.architectures[0].choice and facts["loss"] < facts["start_loss"]
+    assert arch.rank == 0 and arch.score_sum is None and arch.summary != found.architectures[0].summary
+    again, same = refine_architecture.fn(store.prep, store.states, scores, store.lut, {"params": 0.6},
+                                         found.architectures[0], cfg)
+    assert again == arch and same == facts
+    # the refine settings do not touch the search's own record
+    assert search.fn(store.prep, scores, store.lut, {"params": 0.6}, store.config.search).reused

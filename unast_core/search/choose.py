@@ -36,6 +36,8 @@ class Tools:
     teacher_init: Callable[[list[tuple[int, dict]]], list[Distilled]]  # (sublayer, spec) -> init, no training
     scratch_init: Callable[[Layers], str]
     log: Callable[[str], None]
+    # (architecture, the budget it was searched for) -> (refined architecture, what each step measured)
+    refine: Callable[[Architecture, dict[str, float]], tuple[Architecture, dict[str, Any]]] | None = None
 
 
 def _measured(tools: Tools, found: Searched) -> list[float]:
@@ -65,11 +67,43 @@ def choose_unast(budget: dict[str, float], lut: dict[str, Any], config: RunConfi
     choices = [Choice(arch=a, stem=stem, chart=str(Path(found.path).with_suffix(f".arch{a.rank}.png")),
                       candidates=a.weights, finetune=config.finetune,
                       results={"search_measured_latency_ratio": a.measured_ratio}) for a in archs]
+    rank = max((a.rank for a in found.architectures), default=-1) + 1
+    if config.search.refine_rounds and archs and tools.refine is not None:
+        refined = _refined(budget, found, archs[0], config, tools, rank)
+        choices += [refined] if refined else []
+        rank += 1 if refined else 0
     if config.search.depth_seed:
-        seed = _depth_seed(config.search.depth_seed, budget, lut, config, tools, [a.layers for a in archs],
-                           max((a.rank for a in found.architectures), default=-1) + 1, found.path)
+        seed = _depth_seed(config.search.depth_seed, budget, lut, config, tools, [c.arch.layers for c in choices],
+                           rank, found.path)
         choices += [seed] if seed else []
     return Shortlist(choices=choices, select=True, stages={"solutions": found.tracked()})
+
+
+def _refined(budget: dict[str, float], found: Searched, arch: Architecture, config: RunConfig, tools: Tools,
+             rank: int) -> Choice | None:
+    """`search.refine_rounds`: the best searched architecture refined in its own context (unast_core.search.refine),
+    as one more entry of select's shortlist when it changed and holds the measured latency budget."""
+    refined, facts = tools.refine(arch, found.budget)
+    steps = sum(step["kept"] for step in facts["rounds"])
+    if refined.layers == arch.layers:
+        tools.log(f"refine: no step lowered the measured loss of architecture {arch.rank} ({facts['start_loss']:.4f})")
+        return None
+    refined = refined.model_copy(update={"rank": rank})
+    if "latency" in budget:
+        measured = tools.measure([refined.layers])["latency"][0]
+        limit = budget["latency"] + config.search.latency_tolerance
+        if measured > limit:
+            tools.log(f"refine: architecture {rank} measured latency {measured:.3f}, over {limit:.3f}: left out")
+            return None
+        refined = refined.model_copy(update={"measured_ratio": measured})
+    tools.log(f"architecture {rank} (architecture {arch.rank} refined, {steps} steps, {config.search.refine_metric} "
+              f"{facts['start_loss']:.4f} -> {facts['loss']:.4f}): {refined.summary} measured latency "
+              f"{'-' if refined.measured_ratio is None else round(refined.measured_ratio, 3)}")
+    return Choice(arch=refined, stem=Path(found.path).stem, chart=str(Path(found.path).with_suffix(f".arch{rank}.png")),
+                  candidates=refined.weights, finetune=config.finetune,
+                  results={"search_measured_latency_ratio": refined.measured_ratio,
+                           "refined": {"from_rank": arch.rank, "start_loss": facts["start_loss"], "loss": facts["loss"],
+                                       "metric": facts["metric"], "rounds": facts["rounds"]}})
 
 
 def _depth_seed(method: str, budget: dict[str, float], lut: dict[str, Any], config: RunConfig, tools: Tools,

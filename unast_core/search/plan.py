@@ -97,15 +97,31 @@ def plan(scores: list[list[float]], lut: dict[str, Any], budget: dict[str, float
                           pairs=pairs)
     except InfeasibleBudget as exc:
         raise _infeasible(lut, budget, exc.reachable) from None
-    architectures = []
-    for rank, sol in enumerate(solutions):
-        predicted = predict(lut, sol.choice)
-        architectures.append({
-            "rank": rank, "choice": sol.choice, "layers": layers_from_choice(sol.choice, pool),
-            "summary": describe(layers_from_choice(sol.choice, pool)), "score_sum": sol.objective,
-            "weights": {str(i): weights[i][j] for i, j in enumerate(sol.choice) if weights and weights[i][j]},
+    architectures = [architecture(rank, sol.choice, lut, weights, sol.objective) for rank, sol in enumerate(solutions)]
+    return {"budget": budget, "limits": limits, "architectures": architectures}
+
+
+def architecture(rank: int, choice: list[int], lut: dict[str, Any], weights: list[list[str | None]] | None,
+                 score_sum: float | None) -> dict[str, Any]:
+    """One architecture as the search writes it (the fields of records.Architecture)."""
+    pool, predicted = lut["pool"], predict(lut, choice)
+    layers = layers_from_choice(choice, pool)
+    return {"rank": rank, "choice": list(choice), "layers": layers, "summary": describe(layers), "score_sum": score_sum,
+            "weights": {str(i): weights[i][j] for i, j in enumerate(choice) if weights and weights[i][j]},
             "predicted": predicted,
             "predicted_ratio": {n: calibrated_ratio(lut, n, predicted[n] / lut["teacher"][n]) for n in predicted},
-            "table_ratio": {n: predicted[n] / lut["teacher"][n] for n in predicted},
-        })
-    return {"budget": budget, "limits": limits, "architectures": architectures}
+            "table_ratio": {n: predicted[n] / lut["teacher"][n] for n in predicted}}
+
+
+def best_under_budget(scores: list[list[float]], lut: dict[str, Any], budget: dict[str, float],
+                      cfg: SearchConfig) -> list[int]:
+    """The single best choice for `scores` taken as they are (no floor: a refine step's scores are measured
+    around an architecture, where a negative one is a real gain), with the fitted prior, under `budget`."""
+    if cfg.fitted_scale != 1.0:
+        scores = scaled(scores, lut["pool"], cfg.fitted_scale)
+    costs = {name: lut["costs"][name] for name in budget}
+    try:
+        found = solve(scores, costs, _limits(lut, budget), k=1, time_limit_s=cfg.time_limit_s)
+    except InfeasibleBudget as exc:
+        raise _infeasible(lut, budget, exc.reachable) from None
+    return found[0].choice

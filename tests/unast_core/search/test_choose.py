@@ -68,3 +68,48 @@ def test_the_depth_seed_is_left_out_when_searched_or_out_of_reach(tmp_path):
     assert len(out_of_reach.choices) == 1 and "select tries the searched architectures only" in logs[-1]
     with pytest.raises(InfeasibleBudget):  # the baseline itself still says so
         choose_depth({"params": 0.05}, _lut(), _config(None).model_copy(update={"method": "shortgpt"}), tools)
+
+
+def _refining(tools, refined_layers, calls):
+    def refine(arch, budget):
+        calls.append((arch.rank, budget))
+        out = arch.model_copy(update={"layers": refined_layers, "summary": describe(refined_layers), "weights": {}})
+        rounds = [{"round": 1, "kept": refined_layers != arch.layers}]
+        return out, {"start_loss": 2.0, "loss": 1.5, "metric": "kl", "rounds": rounds}
+
+    def search(budget):  # the search predicts latency as it measures
+        found = tools.search(budget)
+        archs = [a.model_copy(update={"predicted_ratio": {"latency": tools.measure([a.layers])["latency"][0]}})
+                 for a in found.architectures]
+        return found.model_copy(update={"architectures": archs})
+    return tools.__class__(**{**tools.__dict__, "refine": refine, "search": search})
+
+
+def _refine_config(rounds):
+    config = RunConfig()
+    return config.model_copy(update={"search": config.search.model_copy(update={"refine_rounds": rounds})})
+
+
+def _skipping(blocks):
+    op = [{"op": "identity" if b in blocks else "teacher"} for b in range(BLOCKS)]
+    return [{"attn": dict(op[b]), "mlp": dict(op[b])} for b in range(BLOCKS)]
+
+
+def test_the_refined_architecture_joins_select_when_it_changed_and_holds_the_budget(tmp_path):
+    logs, calls = [], []
+    searched = _skipping({1})  # measured 11/14 = 0.786
+    tools = _refining(_tools(tmp_path, searched, logs), _skipping({2}), calls)
+    short = choose_unast({"latency": 0.8}, _lut(), _refine_config(2), tools)
+    assert [c.arch.rank for c in short.choices] == [0, 1] and calls == [(0, {"latency": 0.8})]
+    refined = short.choices[1]
+    assert refined.arch.summary == "TT TT -- TT" and refined.arch.measured_ratio == pytest.approx(11 / 14)
+    assert refined.results["refined"]["from_rank"] == 0 and refined.results["refined"]["loss"] == 1.5
+    assert "architecture 0 refined, 1 steps, kl 2.0000 -> 1.5000" in logs[-1]
+    # off by default; unchanged or over the measured budget: not tried twice, not kept
+    assert len(choose_unast({"latency": 0.8}, _lut(), RunConfig(), tools).choices) == 1
+    same = _refining(_tools(tmp_path, searched, logs), searched, calls)
+    assert len(choose_unast({"latency": 0.8}, _lut(), _refine_config(2), same).choices) == 1
+    assert "no step lowered the measured loss" in logs[-1]
+    slow = _refining(_tools(tmp_path, searched, logs), _skipping(set()), calls)
+    assert len(choose_unast({"latency": 0.8}, _lut(), _refine_config(2), slow).choices) == 1
+    assert "measured latency 1.000, over 0.820: left out" in logs[-1]

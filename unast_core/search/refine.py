@@ -1,0 +1,196 @@
+"""Refine a searched architecture by re-linearising Eq. 2 around it (a trust-region local search).
+
+Eq. 2 scores each candidate with every other sublayer left the teacher's, and the ILP adds the scores up. Skips
+in different blocks do not add up: on SmolLM2-135M the 17 scattered skips of a searched 0.75 architecture raised
+the held-out loss by 2.04 nats where their single scores sum to 1.57 (bench/results/additivity.md), and the sum
+ranks the architectures that finetune best last. Refining measures what the sum leaves out:
+
+    1. with the architecture A in place, score every candidate j at every sublayer i in A's context:
+       e_ij(A) = loss(A with sublayer i set to j) - loss(A); A's own choices score 0;
+    2. solve the same ILP (Eq. 3 budget, one solution) on e(A), plus `mu` for every sublayer that leaves A's
+       choice (a trust region: mu = 0 first, raised when the step does not pay);
+    3. keep the new architecture only if its measured loss is lower than A's, and go on from it.
+
+Every loss is measured on whole architectures, so what step 3 keeps is better on the measured rows, not
+only by the linear model. Each context runs the model from the state entering the sublayer's block under A,
+so a round costs about what the score stage does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from unast_core.model.adapters import Adapter
+from unast_core.model.operators import load_candidate_modules
+from unast_core.store import read_tensors
+from unast_core.train.activations import load_boundary
+from unast_core.train.losses import lm_loss_terms
+from unast_core.train.precision import autocast
+
+Modules = dict[str, nn.Module]
+
+
+class Evaluator:
+    """Measures whole architectures (a `choice`: candidate index per sublayer) on validation tokens (N, T), as
+    KL to the teacher's next-token distributions (`metric="kl"`, nats per token) or as LM loss (`"lm_loss"`).
+    Every candidate's modules are built once, up front, from the teacher's own modules: building one while
+    another architecture is installed would take that architecture's norms."""
+
+    def __init__(self, model: nn.Module, tokens: torch.Tensor, states_dir: Path, pool: list[dict[str, Any]],
+                 weights: list[list[str | None]], available: list[list[bool]], batch_size: int = 4,
+                 metric: str = "kl", dtype: str = "float32"):
+        if metric not in ("kl", "lm_loss"):
+            raise ValueError(f"refine metric must be kl or lm_loss, got {metric!r}")
+        self.adapter, self.tokens, self.metric, self.dtype = Adapter(model), tokens, metric, dtype
+        self.available = available
+        self.batches = [(s, tokens[s:s + batch_size]) for s in range(0, len(tokens), batch_size)]
+        self.count = tokens.numel() if metric == "kl" else tokens[:, 1:].numel()
+        self.device = str(next(model.parameters()).device)
+        self.modules: dict[tuple[int, int], Modules] = {}
+        for i in range(len(self.adapter.sublayers)):
+            for j, spec in enumerate(pool):
+                if available[i][j]:
+                    source = weights[i][j] if weights else None
+                    self.modules[i, j] = (load_candidate_modules(self.adapter, i, spec, read_tensors(Path(source)))
+                                          if source else self.adapter.build(i, spec))
+        self.embedded = load_boundary(states_dir, 0)[:len(tokens)]
+        self.teacher: list[tuple[torch.Tensor, float]] = []
+        # KL: the teacher's probabilities (N x T x vocabulary floats) and their sum of p log p, run from the state
+        # entering its last block
+        if metric == "kl":
+            last = load_boundary(states_dir, 2 * (self.adapter.n_blocks - 1))[:len(tokens)]
+            with torch.inference_mode(), autocast(dtype, self.device):
+                for s, ids in self.batches:
+                    logp = torch.log_softmax(self._logits(self.adapter.n_blocks - 1, last, ids, s).float(), dim=-1)
+                    self.teacher.append((logp.exp(), (logp.exp() * logp).sum().item()))
+        self.forwards = 0
+
+    def installed(self, choice: list[int]):
+        return self.adapter.installed({i: self.modules[i, j] for i, j in enumerate(choice)})
+
+    def _logits(self, block: int, hidden: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:
+        with self.adapter.start_at(block, hidden[start:start + len(ids)]):
+            return self.adapter.model(ids, use_cache=False).logits
+
+    def _terms(self, k: int, logits: torch.Tensor, ids: torch.Tensor) -> float:
+        """Batch k's summed KL(teacher || model) (sum p log p - sum p log q, the first precomputed) or LM loss."""
+        if self.metric == "lm_loss":
+            return lm_loss_terms(logits, ids).item()
+        p, p_log_p = self.teacher[k]
+        return p_log_p - (p * torch.log_softmax(logits.float(), dim=-1)).sum().item()
+
+    def _measure(self, block: int, hidden: torch.Tensor) -> float:
+        self.forwards += 1
+        return sum(self._terms(k, self._logits(block, hidden, ids, start), ids)
+                   for k, (start, ids) in enumerate(self.batches)) / self.count
+
+    def _block_inputs(self) -> tuple[float, list[torch.Tensor]]:
+        """The installed architecture's loss and the residual state entering each of its blocks, (N, T, H) each."""
+        seen: dict[int, list[torch.Tensor]] = {b: [] for b in range(self.adapter.n_blocks)}
+
+        def hook(b: int):
+            def capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
+                seen[b].append(args[0] if args else kwargs["hidden_states"])
+            return capture
+
+        handles = [block.register_forward_pre_hook(hook(b), with_kwargs=True)
+                   for b, block in enumerate(self.adapter.blocks)]
+        try:
+            total = sum(self._terms(k, self._logits(0, self.embedded, ids, start), ids)
+                        for k, (start, ids) in enumerate(self.batches))
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.forwards += 1
+        return total / self.count, [torch.cat(seen[b]) for b in range(self.adapter.n_blocks)]
+
+    @torch.inference_mode()
+    def loss(self, choice: list[int]) -> float:
+        """The measured loss of the whole architecture."""
+        with autocast(self.dtype, self.device), self.installed(choice):
+            return self._measure(0, self.embedded)
+
+    @torch.inference_mode()
+    def contextual(self, choice: list[int],
+                   on_sublayer: Callable[[int], None] | None = None) -> tuple[float, list[list[float]]]:
+        """(loss of `choice`, e(choice)): every available candidate's loss change when it alone replaces
+        `choice`'s operator at its sublayer, the rest of `choice` in place; 0 at `choice` itself, NaN where the
+        candidate is unavailable."""
+        scores = []
+        with autocast(self.dtype, self.device), self.installed(choice):
+            base, inputs = self._block_inputs()
+            for i, sub in enumerate(self.adapter.sublayers):
+                row = []
+                for j, ok in enumerate(self.available[i]):
+                    if not ok:
+                        row.append(math.nan)
+                    elif j == choice[i]:
+                        row.append(0.0)
+                    else:
+                        with self.adapter.installed({i: self.modules[i, j]}):
+                            loss = self._measure(sub.block, inputs[sub.block])
+                        row.append(loss - base if math.isfinite(loss) else math.nan)
+                scores.append(row)
+                if on_sublayer:
+                    on_sublayer(i)
+        return base, scores
+
+
+def penalised(scores: list[list[float]], choice: list[int], mu: float) -> list[list[float]]:
+    """`scores` plus `mu` on every candidate other than `choice`'s at its sublayer (the trust region)."""
+    return [[e + (mu if j != c and math.isfinite(e) else 0.0) for j, e in enumerate(row)]
+            for row, c in zip(scores, choice)]
+
+
+@dataclass
+class Refined:
+    choice: list[int]
+    loss: float                                          # measured loss of `choice`
+    start_loss: float                                    # of the architecture refined
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def refine(choice: list[int], contextual: Callable[[list[int]], tuple[float, list[list[float]]]],
+           loss: Callable[[list[int]], float], solve: Callable[[list[list[float]]], list[int]], rounds: int,
+           mu0: float = 0.01, tries: int = 3, log: Callable[[str], None] = lambda _: None) -> Refined:
+    """Up to `rounds` re-linearised steps from `choice` (module docstring). `solve(scores)` returns the ILP's
+    best choice under the budget for per-candidate scores; a step whose architecture measures no better is
+    retried with a trust region (mu0, then 4x as much), `tries` solves in all, and the search stops when no try
+    pays or the ILP returns the current architecture."""
+    started = time.perf_counter()
+    current, current_loss, start_loss, history = list(choice), None, None, []
+    for r in range(rounds):
+        base, scores = contextual(current)
+        current_loss = base if current_loss is None else current_loss
+        start_loss = base if start_loss is None else start_loss
+        mu, step = 0.0, None
+        for attempt in range(tries):
+            proposal = solve(penalised(scores, current, mu))
+            changed = sum(a != b for a, b in zip(proposal, current))
+            if not changed:
+                log(f"refine round {r + 1}: the ILP keeps the architecture (trust region {mu:g})")
+                break
+            measured = loss(proposal)
+            predicted = sum(scores[i][j] for i, j in enumerate(proposal))
+            history.append({"round": r + 1, "mu": mu, "changed": changed, "predicted_change": predicted,
+                            "measured": measured, "from": current_loss, "kept": measured < current_loss})
+            log(f"refine round {r + 1}: {changed} sublayers changed (trust region {mu:g}), loss "
+                f"{current_loss:.4f} -> {measured:.4f} (linear model: {predicted:+.4f})")
+            if measured < current_loss:
+                step = (proposal, measured)
+                break
+            mu = mu0 if mu == 0 else 4 * mu
+        if step is None:
+            break
+        current, current_loss = step
+    return Refined(choice=current, loss=current_loss if current_loss is not None else loss(current),
+                   start_loss=start_loss if start_loss is not None else current_loss, rounds=history,
+                   wall_s=time.perf_counter() - started)
