@@ -281,10 +281,12 @@ class SearchConfig(_Strict):
     # different blocks cost more together than apart (bench/results/additivity.md). Refining re-scores every
     # candidate in the searched architecture's context and steps while the measured loss of the whole architecture
     # falls (unast_core.search.refine); each round costs about one score stage on `refine_seqs` rows. On SmolLM2-135M
-    # (one store, bf16, 3 rounds at 8 rows, bench/results/ablation.md): held out 1.931 against the default's 2.076 and
-    # ShortGPT's 1.984 at latency 0.75 (in-domain 1.919 vs 2.149 and 2.086), 5.296 against 5.399 and 4.188 at 0.5,
-    # for 8-10 more minutes on 2 cores. Off by default until it holds on a second draw and fits the time budget.
-    refine_rounds: int = Field(0, ge=0, description="re-linearised steps from the best searched architecture "
+    # at latency 0.75, 3 rounds at 8 rows, on both draws of teacher samples of one store (bench/results/ablation.md):
+    # held out 1.931 against 2.076 without it and ShortGPT's 1.984 (in-domain 1.919 vs 2.149 and 2.086) on the bf16
+    # draw, 1.849 against 1.999 and Shortened LLaMA's 1.923 (in-domain 1.677 vs 2.064 and 1.935) on the fp32 draw; at
+    # 0.5, 5.296 against 5.399 (ShortGPT 4.188). It costs 8-10 minutes on 2 cores in bf16, about 3.7x that in fp32.
+    # The smoke preset turns it off, and the paper preset (the paper's search).
+    refine_rounds: int = Field(3, ge=0, description="re-linearised steps from the best searched architecture "
                                "(its candidates scored in its own context, then the ILP again); the refined "
                                "architecture joins select's shortlist; 0: off")
     refine_seqs: int = Field(8, gt=0, description="validation rows the refine steps measure on (at most "
@@ -519,13 +521,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cost": {"regime": {"seq_len": 64}, "repeats": 5, "warmup": 1},
         "pool": {"attention": [{"heads": 0.5}], "mlp": [{"hidden": 0.5}]},
         "distill": {"seqs": 8, "eval_seqs": 2, "steps": 6, "batch_size": 2, "eval_every": 3},
-        "search": {"k": 2},
+        "search": {"k": 2, "refine_rounds": 0},
         "select": {"steps": 2, "batch_size": 2},
         "finetune": {"steps": 4, "batch_size": 2},
         "evaluate": {"latency_repeats": 5, "latency_warmup": 1, "generate_tokens": 8},
     },
-    # SmolLM2-135M on 2 CPU cores in 10-20 minutes end to end, by the host's speed (10 min 9 s on a fresh store,
-    # bench/results/ablation.md).
+    # SmolLM2-135M on 2 CPU cores: 21 min 47 s end to end on a fresh store on a 2-core AMD EPYC with AVX-512-BF16
+    # without the refine step, which adds 8-10 minutes there (measured on a reused store; bench/results/ablation.md).
     "cpu": {},
     # Tables 6-7 of the paper (for GPUs): Adam, LR 5e-4 -> 5e-5 cosine, 10k finetune iterations.
     "paper": {
@@ -535,7 +537,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "mlp": [{"hidden": 0.75}, {"hidden": 0.5}, {"hidden": 0.25}]},
         "distill": {"seqs": 1024, "eval_seqs": 32, "steps": 5000, "batch_size": 256, "eval_every": 250,
                     "engine": "deepspeed"},
-        "search": {"k": 100, "fitted_scale": 1.0},  # the paper's search: scores as measured
+        "search": {"k": 100, "fitted_scale": 1.0, "refine_rounds": 0},  # the paper's search: scores as measured
         "select": {"steps": 50, "batch_size": 256, "engine": "deepspeed", "lr_max": 5e-4, "lr_min": 5e-5},
         "finetune": {"steps": 10000, "batch_size": 256, "engine": "deepspeed", "zero_stage": 2, "lr_max": 5e-4,
                      "lr_min": 5e-5},

@@ -105,8 +105,8 @@ def test_the_refined_architecture_joins_select_when_it_changed_and_holds_the_bud
     assert refined.arch.summary == "TT TT -- TT" and refined.arch.measured_ratio == pytest.approx(11 / 14)
     assert refined.results["refined"]["from_rank"] == 0 and refined.results["refined"]["loss"] == 1.5
     assert "architecture 0 refined, 1 steps, kl 2.0000 -> 1.5000" in logs[-1]
-    # off by default; unchanged or over the measured budget: not tried twice, not kept
-    assert len(choose_unast({"latency": 0.8}, _lut(), RunConfig(), tools).choices) == 1
+    # off: not run; unchanged or over the measured budget: not tried twice, not kept
+    assert len(choose_unast({"latency": 0.8}, _lut(), _refine_config(0), tools).choices) == 1
     same = _refining(_tools(tmp_path, searched, logs), searched, calls)
     assert len(choose_unast({"latency": 0.8}, _lut(), _refine_config(2), same).choices) == 1
     assert "no step lowered the measured loss" in logs[-1]
