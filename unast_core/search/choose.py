@@ -83,7 +83,11 @@ def _refined(budget: dict[str, float], found: Searched, arch: Architecture, conf
              rank: int) -> Choice | None:
     """`search.refine_rounds`: the best searched architecture refined in its own context (unast_core.search.refine),
     as one more entry of select's shortlist when it changed and holds the measured latency budget."""
-    refined, facts = tools.refine(arch, found.budget)
+    try:
+        refined, facts = tools.refine(arch, found.budget)
+    except Exception as exc:  # noqa: BLE001 - an extra for select: the searched architectures stand without it
+        tools.log(f"refine failed ({type(exc).__name__}: {exc}); select tries the searched architectures only")
+        return None
     steps = sum(step["kept"] for step in facts["rounds"])
     if refined.layers == arch.layers:
         tools.log(f"refine: no step lowered the measured loss of architecture {arch.rank} ({facts['start_loss']:.4f})")

@@ -110,6 +110,11 @@ def test_the_refined_architecture_joins_select_when_it_changed_and_holds_the_bud
     same = _refining(_tools(tmp_path, searched, logs), searched, calls)
     assert len(choose_unast({"latency": 0.8}, _lut(), _refine_config(2), same).choices) == 1
     assert "no step lowered the measured loss" in logs[-1]
+    def broken(arch, budget):
+        raise MemoryError("out of memory")
+    failing = same.__class__(**{**same.__dict__, "refine": broken})
+    assert len(choose_unast({"latency": 0.8}, _lut(), _refine_config(2), failing).choices) == 1
+    assert "refine failed (MemoryError: out of memory); select tries the searched architectures only" in logs[-1]
     slow = _refining(_tools(tmp_path, searched, logs), _skipping(set()), calls)
     assert len(choose_unast({"latency": 0.8}, _lut(), _refine_config(2), slow).choices) == 1
     assert "measured latency 1.000, over 0.820: left out" in logs[-1]
