@@ -16,7 +16,9 @@ def search(prep: Prepared, scores: ScoreTable, lut: CostTable, budget: dict[str,
     """Stage 5: K diverse architectures for one budget (Eq. 3-4); InfeasibleBudget when the pool cannot
     reach it."""
     # `fitted_scale` enters the key only when it is on, so stores written before it existed stay valid
-    skip = {"latency_tolerance", "refine_rounds", "refine_seqs", "refine_metric"} | ({"fitted_scale"} if cfg.fitted_scale == 1.0 else set())
+    # the refine settings act after the search (tasks.refine keys them), so they stay out of its key
+    skip = {"latency_tolerance", "refine_rounds", "refine_seqs", "refine_metric"}
+    skip |= {"fitted_scale"} if cfg.fitted_scale == 1.0 else set()
     path = prep.store().search(content_key(scores.path, lut.path, budget, cfg.model_dump(exclude=skip)))
     with unit_lock(path):
         reused = intact(path)

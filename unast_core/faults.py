@@ -2,9 +2,10 @@
 SIGKILL itself the n-th time (default 1) it passes `point`, as an OOM kill or a power cut would.
 
 The stages pass a point at each unit-of-work boundary: `capture` after each split's states are stored,
-`distill` after each candidate, `score` after each sublayer, `search` after the search result, `refine` after a refined architecture is stored, `select`
-after each short finetune, `finetune` after each optimizer step of the final finetune (its weights are not
-stored until it ends), `export` after the checkpoint is written and before it is copied to the output.
+`distill` after each candidate, `score` after each sublayer, `search` after the search result, `refine` after a
+refined architecture is stored, `select` after each short finetune, `finetune` after each optimizer step of the
+final finetune (its weights are not stored until it ends), `export` after the checkpoint is written and before it
+is copied to the output.
 `UNAST_TEST_DIE_AT_SIGNAL=INT` sends SIGINT instead, as Ctrl-C in the terminal does. Unset (always, outside
 tests) it costs one dictionary lookup.
 """

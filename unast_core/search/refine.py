@@ -48,7 +48,7 @@ class Evaluator:
                  metric: str = "kl", dtype: str = "float32"):
         if metric not in ("kl", "lm_loss"):
             raise ValueError(f"refine metric must be kl or lm_loss, got {metric!r}")
-        self.adapter, self.tokens, self.metric, self.dtype = Adapter(model), tokens, metric, dtype
+        self.adapter, self.metric, self.dtype = Adapter(model), metric, dtype
         self.available = available
         self.batches = [(s, tokens[s:s + batch_size]) for s in range(0, len(tokens), batch_size)]
         self.count = tokens.numel() if metric == "kl" else tokens[:, 1:].numel()
@@ -69,7 +69,8 @@ class Evaluator:
             with torch.inference_mode(), autocast(dtype, self.device):
                 for s, ids in self.batches:
                     logp = torch.log_softmax(self._logits(self.adapter.n_blocks - 1, last, ids, s).float(), dim=-1)
-                    self.teacher.append((logp.exp(), (logp.exp() * logp).sum().item()))
+                    p = logp.exp()
+                    self.teacher.append((p, (p * logp).sum().item()))
         self.forwards = 0
 
     def installed(self, choice: list[int]):
@@ -103,13 +104,11 @@ class Evaluator:
         handles = [block.register_forward_pre_hook(hook(b), with_kwargs=True)
                    for b, block in enumerate(self.adapter.blocks)]
         try:
-            total = sum(self._terms(k, self._logits(0, self.embedded, ids, start), ids)
-                        for k, (start, ids) in enumerate(self.batches))
+            loss = self._measure(0, self.embedded)
         finally:
             for handle in handles:
                 handle.remove()
-        self.forwards += 1
-        return total / self.count, [torch.cat(seen[b]) for b in range(self.adapter.n_blocks)]
+        return loss, [torch.cat(seen[b]) for b in range(self.adapter.n_blocks)]
 
     @torch.inference_mode()
     def loss(self, choice: list[int]) -> float:
@@ -168,11 +167,10 @@ def refine(choice: list[int], contextual: Callable[[list[int]], tuple[float, lis
     started = time.perf_counter()
     current, current_loss, start_loss, history = list(choice), None, None, []
     for r in range(rounds):
-        base, scores = contextual(current)
-        current_loss = base if current_loss is None else current_loss
-        start_loss = base if start_loss is None else start_loss
+        current_loss, scores = contextual(current)  # the measured loss of `current` comes with its scores
+        start_loss = current_loss if start_loss is None else start_loss
         mu, step = 0.0, None
-        for attempt in range(tries):
+        for _ in range(tries):
             proposal = solve(penalised(scores, current, mu))
             changed = sum(a != b for a, b in zip(proposal, current))
             if not changed:
@@ -191,6 +189,7 @@ def refine(choice: list[int], contextual: Callable[[list[int]], tuple[float, lis
         if step is None:
             break
         current, current_loss = step
-    return Refined(choice=current, loss=current_loss if current_loss is not None else loss(current),
-                   start_loss=start_loss if start_loss is not None else current_loss, rounds=history,
+    if current_loss is None:  # no rounds
+        start_loss = current_loss = loss(current)
+    return Refined(choice=current, loss=current_loss, start_loss=start_loss, rounds=history,
                    wall_s=time.perf_counter() - started)
