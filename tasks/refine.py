@@ -22,7 +22,8 @@ def refine_architecture(prep: Prepared, states: States, scores: ScoreTable, lut:
                         arch: Architecture, cfg: SearchConfig) -> tuple[Architecture, dict]:
     """Stage 5b: re-linearise Eq. 2 around a searched architecture and step while the measured loss falls
     (unast_core.search.refine). Returns the refined architecture (rank kept; the searched one when no step paid)
-    and what each step measured."""
+    and what each step measured, with `earlier`: the architectures of the kept steps before the last and their
+    losses, latest first."""
     table, costs = read_json(scores.path), read_json(lut.path)
     key = content_key(scores.path, lut.path, budget, arch.choice, cfg.model_dump(include=set(REFINE_FIELDS)),
                       *prep.compute_key())
@@ -43,10 +44,15 @@ def refine_architecture(prep: Prepared, states: States, scores: ScoreTable, lut:
                 found = refine(arch.choice, contextual, evaluator.loss,
                                lambda s: best_under_budget(s, costs, budget, cfg), cfg.refine_rounds, log=log.info)
             write_json(path, {"choice": found.choice, "loss": found.loss, "start_loss": found.start_loss,
-                              "rounds": found.rounds, "wall_s": found.wall_s, "forwards": evaluator.forwards,
+                              "rounds": found.rounds, "steps": found.steps, "wall_s": found.wall_s,
+                              "forwards": evaluator.forwards,
                               "metric": cfg.refine_metric, "seqs": len(tokens), "from": arch.choice})
             faults.point("refine")
     result = read_json(path)
+    # the kept steps before the last, latest first, for a caller whose budget the last one misses (a result stored
+    # before steps were recorded has none)
+    result["earlier"] = [(Architecture(**architecture(arch.rank, step["choice"], costs, table["weights"], None)),
+                          step["loss"]) for step in reversed(result.get("steps", [])[:-1])]
     if result["choice"] == arch.choice:
         return arch, result
     out = Architecture(**architecture(arch.rank, result["choice"], costs, table["weights"], None))

@@ -46,6 +46,11 @@ def test_refine_keeps_the_budget_lowers_the_measured_loss_and_is_reused(store, s
     assert len(facts["rounds"]) == 2 and all(step["kept"] for step in facts["rounds"])
     assert arch.choice != found.architectures[0].choice and facts["loss"] < facts["start_loss"]
     assert arch.rank == 0 and arch.score_sum is None and arch.summary != found.architectures[0].summary
+    # the step before the last, for a caller whose measured budget the last one misses
+    assert [s["choice"] for s in facts["steps"]][-1] == arch.choice and len(facts["steps"]) == 2
+    (first, first_loss), = facts["earlier"]
+    assert first.choice == facts["steps"][0]["choice"] and first_loss == facts["steps"][0]["loss"] > facts["loss"]
+    assert first.predicted_ratio["params"] <= 0.6 + 1e-9 and first.rank == 0
     again, same = refine_architecture.fn(store.prep, store.states, scores, store.lut, {"params": 0.6},
                                          found.architectures[0], cfg)
     assert again == arch and same == facts

@@ -155,6 +155,9 @@ class Refined:
     start_loss: float                                    # of the architecture refined
     rounds: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
+    # every kept step in order, {"choice", "loss"}, the last one `choice`: a caller whose architecture misses a
+    # measured budget steps back through them
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
 
 def refine(choice: list[int], contextual: Callable[[list[int]], tuple[float, list[list[float]]]],
@@ -165,7 +168,7 @@ def refine(choice: list[int], contextual: Callable[[list[int]], tuple[float, lis
     retried with a trust region (mu0, then 4x as much), `tries` solves in all, and the search stops when no try
     pays or the ILP returns the current architecture."""
     started = time.perf_counter()
-    current, current_loss, start_loss, history = list(choice), None, None, []
+    current, current_loss, start_loss, history, steps = list(choice), None, None, [], []
     for r in range(rounds):
         current_loss, scores = contextual(current)  # the measured loss of `current` comes with its scores
         start_loss = current_loss if start_loss is None else start_loss
@@ -189,7 +192,8 @@ def refine(choice: list[int], contextual: Callable[[list[int]], tuple[float, lis
         if step is None:
             break
         current, current_loss = step
+        steps.append({"choice": list(current), "loss": current_loss})
     if current_loss is None:  # no rounds
         start_loss = current_loss = loss(current)
     return Refined(choice=current, loss=current_loss, start_loss=start_loss, rounds=history,
-                   wall_s=time.perf_counter() - started)
+                   wall_s=time.perf_counter() - started, steps=steps)

@@ -70,12 +70,15 @@ def test_the_depth_seed_is_left_out_when_searched_or_out_of_reach(tmp_path):
         choose_depth({"params": 0.05}, _lut(), _config(None).model_copy(update={"method": "shortgpt"}), tools)
 
 
-def _refining(tools, refined_layers, calls):
+def _refining(tools, refined_layers, calls, earlier=()):
     def refine(arch, budget):
         calls.append((arch.rank, budget))
         out = arch.model_copy(update={"layers": refined_layers, "summary": describe(refined_layers), "weights": {}})
-        rounds = [{"round": 1, "kept": refined_layers != arch.layers}]
-        return out, {"start_loss": 2.0, "loss": 1.5, "metric": "kl", "rounds": rounds}
+        rounds = [{"round": 1, "kept": refined_layers != arch.layers}] + [{"round": 2 + k, "kept": True}
+                                                                         for k in range(len(earlier))]
+        steps = [(arch.model_copy(update={"layers": layers, "summary": describe(layers)}), loss)
+                 for layers, loss in earlier]
+        return out, {"start_loss": 2.0, "loss": 1.5, "metric": "kl", "rounds": rounds, "earlier": steps}
 
     def search(budget):  # the search predicts latency as it measures
         found = tools.search(budget)
@@ -117,4 +120,24 @@ def test_the_refined_architecture_joins_select_when_it_changed_and_holds_the_bud
     assert "refine failed (MemoryError: out of memory); select tries the searched architectures only" in logs[-1]
     slow = _refining(_tools(tmp_path, searched, logs), _skipping(set()), calls)
     assert len(choose_unast({"latency": 0.8}, _lut(), _refine_config(2), slow).choices) == 1
-    assert "measured latency 1.000, over 0.820: left out" in logs[-1]
+    assert "step 1 (kl 1.5000) measured latency 1.000, over 0.820: no refined architecture joins select" in logs[-1]
+
+
+def test_a_refined_architecture_over_the_measured_budget_falls_back_to_the_latest_earlier_step_that_holds(tmp_path):
+    logs, calls = [], []
+    searched = _skipping({1})  # measured 11/14 = 0.786; budget 0.8 + 0.02
+    # three kept steps: the last (no skips, 1.0) and the one before (no skips either) miss it, the first holds
+    steps = [(_skipping(set()), 1.7), (_skipping({3}), 1.9)]
+    tools = _refining(_tools(tmp_path, searched, logs), _skipping(set()), calls, earlier=steps)
+    short = choose_unast({"latency": 0.8}, _lut(), _refine_config(3), tools)
+    assert [c.arch.rank for c in short.choices] == [0, 1]
+    refined = short.choices[1]
+    assert refined.arch.summary == "TT TT TT --" and refined.arch.measured_ratio == pytest.approx(11 / 14)
+    assert refined.results["refined"]["loss"] == 1.9 and refined.results["refined"]["steps_kept"] == 1
+    assert "step 3 (kl 1.5000) measured latency 1.000, over 0.820: the step before it next" in logs[-3]
+    assert "step 2 (kl 1.7000) measured latency 1.000" in logs[-2]
+    assert "architecture 1 (architecture 0 refined, 1 steps, kl 2.0000 -> 1.9000): TT TT TT --" in logs[-1]
+    # none holds: left out
+    none = _refining(_tools(tmp_path, searched, logs), _skipping(set()), calls, earlier=steps[:1])
+    assert len(choose_unast({"latency": 0.8}, _lut(), _refine_config(3), none).choices) == 1
+    assert "no refined architecture joins select" in logs[-1]

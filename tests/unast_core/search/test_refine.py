@@ -83,6 +83,7 @@ def test_refine_steps_only_while_the_measured_loss_falls():
     assert out.choice == [1, 0] and out.loss == 1.0 and out.start_loss == 2.0
     assert out.rounds[0]["kept"] and out.rounds[0]["changed"] == 2
     assert calls == [[0, 1], [1, 0]]  # the second round found nothing better and stopped
+    assert out.steps == [{"choice": [1, 0], "loss": 1.0}]
 
 
 def test_a_step_that_does_not_pay_is_retried_in_a_trust_region_then_given_up():
