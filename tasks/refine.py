@@ -49,11 +49,12 @@ def refine_architecture(prep: Prepared, states: States, scores: ScoreTable, lut:
                               "metric": cfg.refine_metric, "seqs": len(tokens), "from": arch.choice})
             faults.point("refine")
     result = read_json(path)
+
+    def as_architecture(choice: list[int]) -> Architecture:
+        return Architecture(**architecture(arch.rank, choice, costs, table["weights"], None))
+
     # the kept steps before the last, latest first, for a caller whose budget the last one misses (a result stored
     # before steps were recorded has none)
-    result["earlier"] = [(Architecture(**architecture(arch.rank, step["choice"], costs, table["weights"], None)),
-                          step["loss"]) for step in reversed(result.get("steps", [])[:-1])]
-    if result["choice"] == arch.choice:
-        return arch, result
-    out = Architecture(**architecture(arch.rank, result["choice"], costs, table["weights"], None))
-    return out, result
+    result["earlier"] = [(as_architecture(step["choice"]), step["loss"])
+                         for step in reversed(result.get("steps", [])[:-1])]
+    return (arch if result["choice"] == arch.choice else as_architecture(result["choice"])), result
