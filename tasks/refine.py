@@ -25,7 +25,9 @@ def refine_architecture(prep: Prepared, states: States, scores: ScoreTable, lut:
     and what each step measured, with `earlier`: the architectures of the kept steps before the last and their
     losses, latest first."""
     table, costs = read_json(scores.path), read_json(lut.path)
-    key = content_key(scores.path, lut.path, budget, arch.choice, cfg.model_dump(include=set(REFINE_FIELDS)),
+    # refine_score_seqs enters the key only when set, so results stored before it existed stay valid
+    fields = set(REFINE_FIELDS) | ({"refine_score_seqs"} if cfg.refine_score_seqs is not None else set())
+    key = content_key(scores.path, lut.path, budget, arch.choice, cfg.model_dump(include=fields),
                       *prep.compute_key())
     path = prep.store().path("refine", key[:2], f"{key}.json")
     with unit_lock(path):
@@ -35,7 +37,8 @@ def refine_architecture(prep: Prepared, states: States, scores: ScoreTable, lut:
                 tokens = splits(prep)["validation"][:cfg.refine_seqs]
                 available = [[math.isfinite(s) for s in row] for row in table["scores"]]
                 evaluator = Evaluator(teacher_for(prep.teacher).model, tokens, states.dir, prep.pool, table["weights"],
-                                      available, metric=cfg.refine_metric, dtype=prep.compute_dtype)
+                                      available, metric=cfg.refine_metric, dtype=prep.compute_dtype,
+                                      score_rows=cfg.refine_score_seqs)
 
                 def contextual(choice: list[int]):
                     with progress(len(choice), "refine: scores in context") as bar:
@@ -46,7 +49,9 @@ def refine_architecture(prep: Prepared, states: States, scores: ScoreTable, lut:
             write_json(path, {"choice": found.choice, "loss": found.loss, "start_loss": found.start_loss,
                               "rounds": found.rounds, "steps": found.steps, "wall_s": found.wall_s,
                               "forwards": evaluator.forwards,
-                              "metric": cfg.refine_metric, "seqs": len(tokens), "from": arch.choice})
+                              "metric": cfg.refine_metric, "seqs": len(tokens),
+                              "score_seqs": evaluator.scored_rows,
+                              "from": arch.choice})
             faults.point("refine")
     result = read_json(path)
 

@@ -17,7 +17,7 @@ def search(prep: Prepared, scores: ScoreTable, lut: CostTable, budget: dict[str,
     reach it."""
     # `fitted_scale` enters the key only when it is on, so stores written before it existed stay valid
     # the refine settings act after the search (tasks.refine keys them), so they stay out of its key
-    skip = {"latency_tolerance", "refine_rounds", "refine_seqs", "refine_metric"}
+    skip = {"latency_tolerance", "refine_rounds", "refine_seqs", "refine_metric", "refine_score_seqs"}
     skip |= {"fitted_scale"} if cfg.fitted_scale == 1.0 else set()
     path = prep.store().search(content_key(scores.path, lut.path, budget, cfg.model_dump(exclude=skip)))
     with unit_lock(path):

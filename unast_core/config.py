@@ -293,6 +293,9 @@ class SearchConfig(_Strict):
                              "data.validation_seqs)")
     refine_metric: Literal["kl", "lm_loss"] = Field("kl", description="what refining minimises: KL to the "
                                                     "teacher or the LM loss, per token")
+    refine_score_seqs: int | None = Field(None, gt=0, description="of the refine rows, how many (the first) the "
+                                          "candidates' scores in context run on; a step is still kept or "
+                                          "rejected on all refine_seqs rows; None: all of them")
     # Timing on a shared host moves a ratio by about this much between repeats of the same measurement
     # (stop 9's side-by-side readings spread 0.009-0.055), so a measured latency holds within it.
     latency_tolerance: float = Field(0.02, ge=0, lt=1, description="a measured latency ratio holds the budget "

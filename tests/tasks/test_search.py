@@ -56,3 +56,9 @@ def test_refine_keeps_the_budget_lowers_the_measured_loss_and_is_reused(store, s
     assert again == arch and same == facts
     # the refine settings do not touch the search's own record
     assert search.fn(store.prep, scores, store.lut, {"params": 0.6}, store.config.search).reused
+    assert facts["score_seqs"] == 2
+    # scores in context on one row of the two: a refine of its own (not the stored one), kept on both rows
+    fewer = cfg.model_copy(update={"refine_score_seqs": 1})
+    _, other = refine_architecture.fn(store.prep, store.states, scores, store.lut, {"params": 0.6},
+                                      found.architectures[0], fewer)
+    assert other["score_seqs"] == 1 and other["seqs"] == 2 and other["start_loss"] == facts["start_loss"]

@@ -45,13 +45,17 @@ class Evaluator:
 
     def __init__(self, model: nn.Module, tokens: torch.Tensor, states_dir: Path, pool: list[dict[str, Any]],
                  weights: list[list[str | None]], available: list[list[bool]], batch_size: int = 4,
-                 metric: str = "kl", dtype: str = "float32"):
+                 metric: str = "kl", dtype: str = "float32", score_rows: int | None = None):
         if metric not in ("kl", "lm_loss"):
             raise ValueError(f"refine metric must be kl or lm_loss, got {metric!r}")
         self.adapter, self.metric, self.dtype = Adapter(model), metric, dtype
         self.available = available
         self.batches = [(s, tokens[s:s + batch_size]) for s in range(0, len(tokens), batch_size)]
-        self.count = tokens.numel() if metric == "kl" else tokens[:, 1:].numel()
+        # (batch, leading rows of it): every row, and the first `score_rows` the candidates' scores run on
+        self.every = [(k, len(ids)) for k, (_, ids) in enumerate(self.batches)]
+        limit = len(tokens) if score_rows is None else min(score_rows, len(tokens))
+        self.scored = [(k, min(len(ids), limit - s)) for k, (s, ids) in enumerate(self.batches) if s < limit]
+        self.scored_rows = limit
         self.device = str(next(model.parameters()).device)
         self.modules: dict[tuple[int, int], Modules] = {}
         for i in range(len(self.adapter.sublayers)):
@@ -61,16 +65,16 @@ class Evaluator:
                     self.modules[i, j] = (load_candidate_modules(self.adapter, i, spec, read_tensors(Path(source)))
                                           if source else self.adapter.build(i, spec))
         self.embedded = load_boundary(states_dir, 0)[:len(tokens)]
-        self.teacher: list[tuple[torch.Tensor, float]] = []
-        # KL: the teacher's probabilities (N x T x vocabulary floats) and their sum of p log p, run from the state
-        # entering its last block
+        self.teacher: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # KL: the teacher's probabilities (N x T x vocabulary floats) and each row's sum of p log p, run from the
+        # state entering its last block
         if metric == "kl":
             last = load_boundary(states_dir, 2 * (self.adapter.n_blocks - 1))[:len(tokens)]
             with torch.inference_mode(), autocast(dtype, self.device):
                 for s, ids in self.batches:
                     logp = torch.log_softmax(self._logits(self.adapter.n_blocks - 1, last, ids, s).float(), dim=-1)
                     p = logp.exp()
-                    self.teacher.append((p, (p * logp).sum().item()))
+                    self.teacher.append((p, (p * logp).sum(dim=(1, 2))))
         self.forwards = 0
 
     def installed(self, choice: list[int]):
@@ -80,20 +84,31 @@ class Evaluator:
         with self.adapter.start_at(block, hidden[start:start + len(ids)]):
             return self.adapter.model(ids, use_cache=False).logits
 
-    def _terms(self, k: int, logits: torch.Tensor, ids: torch.Tensor) -> float:
-        """Batch k's summed KL(teacher || model) (sum p log p - sum p log q, the first precomputed) or LM loss."""
+    def _terms(self, k: int, n: int, logits: torch.Tensor) -> float:
+        """The summed KL(teacher || model) (sum p log p - sum p log q, the first precomputed) or LM loss of the
+        first n rows of batch k, from the model's logits for (at least) those rows."""
+        ids, logits = self.batches[k][1][:n], logits[:n]
         if self.metric == "lm_loss":
             return lm_loss_terms(logits, ids).item()
         p, p_log_p = self.teacher[k]
-        return p_log_p - (p * torch.log_softmax(logits.float(), dim=-1)).sum().item()
+        return p_log_p[:n].sum().item() - (p[:n] * torch.log_softmax(logits.float(), dim=-1)).sum().item()
 
-    def _measure(self, block: int, hidden: torch.Tensor) -> float:
+    def _count(self, parts: list[tuple[int, int]]) -> int:
+        """Tokens the loss over these (batch, rows) parts averages over."""
+        width = self.batches[0][1].shape[1] - (self.metric == "lm_loss")
+        return sum(n for _, n in parts) * width
+
+    def _measure(self, block: int, hidden: torch.Tensor, parts: list[tuple[int, int]] | None = None) -> float:
+        """The installed model's loss per token on `parts` (every row by default), run from `block`."""
+        parts = self.every if parts is None else parts
         self.forwards += 1
-        return sum(self._terms(k, self._logits(block, hidden, ids, start), ids)
-                   for k, (start, ids) in enumerate(self.batches)) / self.count
+        terms = [self._terms(k, n, self._logits(block, hidden, self.batches[k][1][:n], self.batches[k][0]))
+                 for k, n in parts]
+        return sum(terms) / self._count(parts)
 
-    def _block_inputs(self) -> tuple[float, list[torch.Tensor]]:
-        """The installed architecture's loss and the residual state entering each of its blocks, (N, T, H) each."""
+    def _block_inputs(self) -> tuple[float, float, list[torch.Tensor]]:
+        """The installed architecture's loss on every row, its loss on the scored rows, and the residual state
+        entering each of its blocks, (N, T, H) each."""
         seen: dict[int, list[torch.Tensor]] = {b: [] for b in range(self.adapter.n_blocks)}
 
         def hook(b: int):
@@ -103,12 +118,19 @@ class Evaluator:
 
         handles = [block.register_forward_pre_hook(hook(b), with_kwargs=True)
                    for b, block in enumerate(self.adapter.blocks)]
+        self.forwards += 1
+        scored = dict(self.scored)
+        every = fewer = 0.0
         try:
-            loss = self._measure(0, self.embedded)
+            for k, (start, ids) in enumerate(self.batches):
+                logits = self._logits(0, self.embedded, ids, start)
+                every += self._terms(k, len(ids), logits)
+                fewer += self._terms(k, scored[k], logits) if k in scored else 0.0
         finally:
             for handle in handles:
                 handle.remove()
-        return loss, [torch.cat(seen[b]) for b in range(self.adapter.n_blocks)]
+        return (every / self._count(self.every), fewer / self._count(self.scored),
+                [torch.cat(seen[b]) for b in range(self.adapter.n_blocks)])
 
     @torch.inference_mode()
     def loss(self, choice: list[int]) -> float:
@@ -121,10 +143,10 @@ class Evaluator:
                    on_sublayer: Callable[[int], None] | None = None) -> tuple[float, list[list[float]]]:
         """(loss of `choice`, e(choice)): every available candidate's loss change when it alone replaces
         `choice`'s operator at its sublayer, the rest of `choice` in place; 0 at `choice` itself, NaN where the
-        candidate is unavailable."""
+        candidate is unavailable. The loss is measured on every row, the changes on the scored rows."""
         scores = []
         with autocast(self.dtype, self.device), self.installed(choice):
-            base, inputs = self._block_inputs()
+            loss, base, inputs = self._block_inputs()
             for i, sub in enumerate(self.adapter.sublayers):
                 row = []
                 for j, ok in enumerate(self.available[i]):
@@ -134,12 +156,12 @@ class Evaluator:
                         row.append(0.0)
                     else:
                         with self.adapter.installed({i: self.modules[i, j]}):
-                            loss = self._measure(sub.block, inputs[sub.block])
-                        row.append(loss - base if math.isfinite(loss) else math.nan)
+                            moved = self._measure(sub.block, inputs[sub.block], self.scored)
+                        row.append(moved - base if math.isfinite(moved) else math.nan)
                 scores.append(row)
                 if on_sublayer:
                     on_sublayer(i)
-        return base, scores
+        return loss, scores
 
 
 def penalised(scores: list[list[float]], choice: list[int], mu: float) -> list[list[float]]:

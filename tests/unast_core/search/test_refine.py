@@ -63,6 +63,35 @@ def test_scores_in_context_equal_full_forwards_of_the_changed_architecture(tmp_p
         assert torch.equal(model(tokens).logits, teacher_logits)
 
 
+@pytest.mark.parametrize("metric", ["kl", "lm_loss"])
+def test_scores_in_context_on_fewer_rows_keep_the_loss_on_all_rows(tmp_path, metric):
+    """`score_rows`: the candidates' scores run on the first rows only, as if the evaluator had only
+    those rows, while the architecture's own loss (what a step is kept on) is still measured on every row."""
+    model = tiny_model("llama")
+    tokens = _tokens(n=6)
+    capture(model, tokens, tmp_path / "v", batch_size=2)
+    adapter = Adapter(model)
+    choice = [0, 2, 1, 0, 0, 1]
+    every, first, fewer = (Evaluator(model, rows, tmp_path / "v", POOL, [], _available(adapter), batch_size=2,
+                                     metric=metric, score_rows=limit)
+                           for rows, limit in ((tokens, None), (tokens[:2], None), (tokens, 2)))
+    assert (every.scored_rows, fewer.scored_rows) == (6, 2)
+    loss, scores = fewer.contextual(choice)
+    assert loss == pytest.approx(every.contextual(choice)[0], abs=1e-6)
+    assert loss == pytest.approx(fewer.loss(choice), abs=1e-6)
+    expected = first.contextual(choice)[1]
+    assert loss != pytest.approx(first.contextual(choice)[0], rel=1e-3)  # the rows do differ
+    for row, want in zip(scores, expected):
+        assert row == pytest.approx(want, rel=1e-4, abs=1e-7, nan_ok=True)
+    # 3 rows: a batch of 2 and one row of the next, scored like an evaluator of those 3 rows alone
+    three = Evaluator(model, tokens, tmp_path / "v", POOL, [], _available(adapter), batch_size=2, metric=metric,
+                      score_rows=3)
+    alone = Evaluator(model, tokens[:3], tmp_path / "v", POOL, [], _available(adapter), batch_size=2, metric=metric)
+    assert three.scored_rows == 3
+    for row, want in zip(three.contextual(choice)[1], alone.contextual(choice)[1]):
+        assert row == pytest.approx(want, rel=1e-4, abs=1e-7, nan_ok=True)
+
+
 def test_refine_steps_only_while_the_measured_loss_falls():
     # Two sublayers, candidates 0 (keep) and 1 (cut); the budget allows one cut. Alone, cutting sublayer 0 costs
     # 1 and sublayer 1 costs 2, but a context score says otherwise for the architecture the search started from.
