@@ -293,6 +293,9 @@ class SearchConfig(_Strict):
                              "data.validation_seqs)")
     refine_metric: Literal["kl", "lm_loss"] = Field("kl", description="what refining minimises: KL to the "
                                                     "teacher or the LM loss, per token")
+    # Scores in context on fewer rows halve a round, but noisier scores step worse: on one store at latency 0.75 (the
+    # empty-store run of bench/results/ablation.md), 4 of the 8 rows took one step (KL 1.139 -> 0.881, then no step
+    # paid) where 8 took three (-> 0.792), and the student read 2.024 held out (KL 0.843) against 1.819 (0.730).
     refine_score_seqs: int | None = Field(None, gt=0, description="of the refine rows, how many (the first) the "
                                           "candidates' scores in context run on; a step is still kept or "
                                           "rejected on all refine_seqs rows; None: all of them")
@@ -446,8 +449,12 @@ class RunConfig(_Strict):
     # select. Held-out ablation at latency 0.75 on SmolLM2-135M, same architecture (bench/results/ablation.md):
     # 24 KD + LM steps at 1e-4, student/teacher perplexity on lee-news 3.08 (KL 1.24), in-domain 1.17; 96 KD + LM
     # steps at 3e-4, 2.87 (KL 1.18) and 0.98 (the LM term on the docs adapts the student to them, below the
-    # teacher); 96 KD steps at 3e-4, 2.61 (KL 1.09) and 1.24. It costs about 4 minutes more on 2 cores (bf16).
-    finetune: TrainConfig = TrainConfig(steps=96, lm_weight=0.0, lr_max=3e-4, lr_min=3e-5)
+    # teacher); 96 KD steps at 3e-4, 2.61 (KL 1.09) and 1.24. With refine and the docs + Wikipedia mix, the
+    # student is done well before that: the same refined architectures (bench/results/ablation.md, thirteenth
+    # session) after 48, 96 and 192 steps read 1.791 (KL 0.731), 1.819 (0.730) and 1.819 (0.717) held out at
+    # latency 0.75, in-domain 1.721, 1.737, 1.738; at 0.5, 48 and 96 steps read 5.309 (1.793) and 5.296 (1.791),
+    # in-domain 5.580 and 5.469. Hence 48 steps, about 3.7 minutes less on 2 cores (bf16).
+    finetune: TrainConfig = TrainConfig(steps=48, lm_weight=0.0, lr_max=3e-4, lr_min=3e-5)
     evaluate: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
     ptq: CompressConfig = CompressConfig()

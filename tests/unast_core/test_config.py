@@ -89,7 +89,7 @@ def _alternatives(value):
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_an_override_changes_only_the_field_it_names(preset):
     """`--set stage.field=value` moves that field alone: the preset's and the instance defaults of the
-    stage's other fields (select.steps=5, finetune.steps=96, ...) stay (they once reset to class defaults)."""
+    stage's other fields (select.steps=5, finetune.steps=48, ...) stay (they once reset to class defaults)."""
     base = build_config(preset).model_dump(mode="json")
     tested = 0
     for dotted, value in _leaves(base):
