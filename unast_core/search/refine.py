@@ -124,8 +124,10 @@ class Evaluator:
         try:
             for k, (start, ids) in enumerate(self.batches):
                 logits = self._logits(0, self.embedded, ids, start)
-                every += self._terms(k, len(ids), logits)
-                fewer += self._terms(k, scored[k], logits) if k in scored else 0.0
+                whole = self._terms(k, len(ids), logits)
+                every += whole
+                rows = scored.get(k, 0)
+                fewer += whole if rows == len(ids) else self._terms(k, rows, logits) if rows else 0.0
         finally:
             for handle in handles:
                 handle.remove()
